@@ -1,0 +1,367 @@
+"""The evalkit command line: parse, call evalkit, print. No logic of its own.
+
+Exit codes: 0 success, 1 a problem the user can fix (one clear message, no traceback),
+2 a usage error (click's own).
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+from evalkit.errors import UserError
+
+TEMPLATES = {
+    "individual": "hackney-keyworker.yaml",
+    "place": "hackney-estates.yaml",
+    "stepped-wedge": "hackney-front-door.yaml",
+}
+
+
+@dataclass
+class App:
+    """What every command shares: where the workspace is and how to reach the store."""
+
+    workspace_opt: Path | None
+    store_url: str | None
+    _store: Any = field(default=None, repr=False)
+
+    @property
+    def workspace(self):
+        from evalkit.workspace import Workspace
+
+        return Workspace.find(Path.cwd(), self.workspace_opt)
+
+    def store(self):
+        if self._store is None:
+            from evalkit.store import Store, default_url
+
+            self._store = Store.open(self.store_url or default_url(self.workspace.root))
+        return self._store
+
+    def keyring(self):
+        from evalkit.keys import KeyRing, default_key_dir
+
+        ring = KeyRing(default_key_dir())
+        ring.ensure_outside(self.workspace.root)
+        return ring
+
+    def protocol_path(self, arg: str) -> Path:
+        """A path to a protocol file, or a pilot name meaning protocols/NAME.yaml."""
+        p = Path(arg)
+        if p.suffix in {".yaml", ".yml"} or p.exists():
+            return p
+        return self.workspace.protocol_path(arg)
+
+
+def _user() -> str:
+    return os.environ.get("EVALKIT_USER") or getpass.getuser()
+
+
+def _emit(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+def _fail(lines: list[str]) -> None:
+    for line in lines:
+        click.echo(line, err=True)
+    sys.exit(1)
+
+
+class EvalkitGroup(click.Group):
+    """Turns the errors a user can act on into one message and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from evalkit.protocol_file import ProtocolFileError
+
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            _fail([f"error: {exc.message}"] + ([f"  hint: {exc.hint}"] if exc.hint else []))
+        except ProtocolFileError as exc:
+            n = len(exc.issues)
+            _fail([str(i) for i in exc.issues] + [f"{n} problem{'s' if n > 1 else ''} found"])
+        except SQLAlchemyError as exc:
+            first = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+            _fail(
+                [
+                    f"error: the store could not complete the request: {first}",
+                    "  hint: nothing was written; check the store URL and try again",
+                ]
+            )
+
+
+@click.group(cls=EvalkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--workspace",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Workspace folder (default: the nearest folder upwards with protocols/).",
+)
+@click.option(
+    "--store",
+    "store_url",
+    envvar="EVALKIT_DATABASE_URL",
+    metavar="URL",
+    help="Store URL, e.g. postgresql://user@host/db (default: sqlite evalkit.db "
+    "in the workspace; also EVALKIT_DATABASE_URL).",
+)
+@click.version_option(package_name="evalkit")
+@click.pass_context
+def cli(ctx: click.Context, workspace: Path | None, store_url: str | None) -> None:
+    """evalkit: pre-registered randomised pilots of public services.
+
+    Write a protocol (init), check it (validate), freeze it (register), record every
+    change (amend), and confirm you are working to the registered plan (check).
+    """
+    ctx.obj = App(workspace, store_url)
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+@cli.command()
+@click.argument("name")
+@click.option(
+    "--template",
+    type=click.Choice(sorted(TEMPLATES)),
+    default="individual",
+    show_default=True,
+    help="Which flagship protocol to start from.",
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing protocol file.")
+@pass_app
+def init(app: App, name: str, template: str, force: bool) -> None:
+    """Write a commented, valid protocol to protocols/NAME.yaml.
+
+    Example: evalkit init hackney-keyworker --template individual
+    """
+    from evalkit.templates import write_template
+
+    path = write_template(app.workspace.root, name, TEMPLATES[template], force)
+    click.echo(f"wrote {path}")
+    click.echo(f"next: edit it, then 'evalkit validate {name}' and 'evalkit register {name}'")
+
+
+@cli.command()
+@click.argument("protocol")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_app
+def validate(app: App, protocol: str, as_json: bool) -> None:
+    """Check a protocol file and list every problem as file:line:column.
+
+    PROTOCOL is a path or a pilot name (protocols/NAME.yaml).
+    Example: evalkit validate protocols/hackney-keyworker.yaml
+    """
+    from evalkit.protocol_file import ProtocolFileError, load_protocol
+
+    path = app.protocol_path(protocol)
+    try:
+        p, located = load_protocol(path)
+    except ProtocolFileError as exc:
+        if not as_json:
+            raise
+        _emit({"file": str(path), "valid": False, "problems": [i.__dict__ for i in exc.issues]})
+        sys.exit(1)
+    from evalkit.canonical import protocol_hash
+
+    summary = {
+        "file": str(path),
+        "valid": True,
+        "pilot": p.id,
+        "version": p.version,
+        "design": p.design.method,
+        "arms": [a.name for a in p.arms],
+        "primary_outcome": p.primary.name,
+        "sha256": protocol_hash(located.data),
+    }
+    if as_json:
+        _emit(summary)
+        return
+    click.echo(f"{path}: valid")
+    click.echo(
+        f"  pilot {p.id} version {p.version}: {p.design.method} design, "
+        f"{len(p.arms)} arms ({', '.join(summary['arms'])}), primary outcome "
+        f"{p.primary.name}"
+    )
+    click.echo(f"  sha256 {summary['sha256']}")
+
+
+@cli.command()
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write to this file instead of standard output.",
+)
+def schema(out: Path | None) -> None:
+    """Print the JSON Schema of protocol files (for editors).
+
+    Example: evalkit schema --out protocols/schema.json
+    """
+    from evalkit.protocol import schema as protocol_schema
+
+    text = json.dumps(protocol_schema(), indent=2, ensure_ascii=False) + "\n"
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        out.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {out}")
+
+
+@cli.command()
+@click.argument("protocol")
+@click.option("--by", default=None, help="Who registers (default: EVALKIT_USER or login).")
+@click.option("--json", "as_json", is_flag=True, help="Print the receipt as JSON.")
+@pass_app
+def register(app: App, protocol: str, by: str | None, as_json: bool) -> None:
+    """Freeze a protocol: store its canonical form and SHA-256, print a receipt.
+
+    Registering identical content again changes nothing and prints the same receipt.
+    The pilot's secret is written to a key file outside the workspace.
+    Example: evalkit register protocols/hackney-keyworker.yaml
+    """
+    from evalkit.clock import utc_now
+    from evalkit.registration import register as do_register
+
+    receipt, created = do_register(
+        app.store(), app.keyring(), app.protocol_path(protocol), by or _user(), utc_now()
+    )
+    if as_json:
+        _emit({**receipt.as_dict(), "new": created})
+        return
+    click.echo(receipt.text())
+    if created:
+        click.echo(
+            "Registered. Publish or email this receipt so the registration can be "
+            "checked independently."
+        )
+    else:
+        click.echo("Already registered with identical content; nothing changed.")
+
+
+@cli.command()
+@click.argument("protocol")
+@click.option("--reason", required=True, help="Why the plan changed (kept with the version).")
+@click.option("--by", default=None, help="Who amends (default: EVALKIT_USER or login).")
+@click.option("--json", "as_json", is_flag=True, help="Print the receipt as JSON.")
+@pass_app
+def amend(app: App, protocol: str, reason: str, by: str | None, as_json: bool) -> None:
+    """Register a changed protocol as a new version, with its reason and diff.
+
+    Example: evalkit amend protocols/hackney-keyworker.yaml --reason "GP referrals added"
+    """
+    from evalkit.clock import utc_now
+    from evalkit.registration import amend as do_amend
+
+    receipt, s = do_amend(
+        app.store(), app.protocol_path(protocol), reason, by or _user(), utc_now()
+    )
+    if as_json:
+        _emit(
+            {
+                **receipt.as_dict(),
+                "changes": [c.as_dict() for c in s.changes],
+                "new": s.status != "current",
+            }
+        )
+        return
+    if s.status == "current":
+        click.echo(
+            f"{receipt.pilot}: the file is already registered version "
+            f"{receipt.number}; nothing changed."
+        )
+        return
+    click.echo(receipt.text())
+    click.echo("Changes:")
+    for c in s.changes:
+        click.echo(f"  {c}")
+    if s.latest is not None and s.latest.protocol_version == receipt.protocol_version:
+        click.echo(
+            f"note: the protocol's 'version' is still {receipt.protocol_version!r}; "
+            "consider raising it with the next amendment."
+        )
+
+
+@cli.command()
+@click.argument("pilot")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_app
+def check(app: App, pilot: str, as_json: bool) -> None:
+    """Exit 0 if protocols/PILOT.yaml is the current registered version, else 1 naming
+    the changed fields.
+
+    Example: evalkit check hackney-keyworker
+    """
+    from evalkit.registration import require_registered
+
+    rp = require_registered(
+        app.store(), app.workspace.protocol_path(pilot), pilot, exploratory=as_json
+    )
+    if as_json:
+        _emit(rp.standing.as_dict())
+        sys.exit(0 if rp.standing.ok else 1)
+    click.echo(rp.standing.message())
+
+
+@cli.command()
+@click.argument("pilot")
+@click.option("--json", "as_json", is_flag=True, help="Print the history as JSON.")
+@pass_app
+def history(app: App, pilot: str, as_json: bool) -> None:
+    """List the registered versions of a pilot with reasons and diffs.
+
+    Example: evalkit history hackney-keyworker
+    """
+    from evalkit.canonical import Change
+    from evalkit.registration import history as pilot_history
+
+    rows = pilot_history(app.store(), pilot)
+    if as_json:
+        _emit(rows)
+        return
+    for r in rows:
+        kind = "registered" if r["number"] == 1 else "amended"
+        click.echo(
+            f"version {r['number']} ({r['protocol_version']}) {kind} "
+            f"{r['registered_at']} by {r['registered_by']}"
+        )
+        click.echo(f"  sha256 {r['hash']}")
+        if r["reason"]:
+            click.echo(f"  reason: {r['reason']}")
+        for c in r["changes"]:
+            click.echo(f"  {Change.from_dict(c)}")
+
+
+@cli.command()
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("evalkit-demo"),
+    show_default=True,
+    help="Folder for the demo workspace (created; must be empty or new).",
+)
+def demo(directory: Path) -> None:
+    """Run the evalkit cycle end to end on synthetic data in a fresh workspace.
+
+    Example: evalkit demo --dir /tmp/evalkit-demo
+    """
+    from evalkit.demo import run_demo
+
+    run_demo(directory, echo=click.echo)
+
+
+def main() -> None:
+    cli(prog_name="evalkit")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Alembic migrations of the trial store; applied automatically when a store is opened."""

@@ -1,0 +1,282 @@
+"""The trial store: the one place where pilots, registrations and their history persist.
+
+SQLAlchemy Core over SQLite (the embedded default) or PostgreSQL (several sites at once).
+The schema is owned by Alembic migrations in ``evalkit/migrations`` and upgraded when a
+store is opened; the tables below mirror it for queries (a test keeps the two equal).
+Every write runs in one transaction that holds the store's write lock, so a record is
+either written whole or not at all.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    inspect,
+    select,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+
+from evalkit.errors import UserError
+
+HEAD_REVISION = "0001"
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+metadata = MetaData()
+
+pilots = Table(
+    "pilots",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("uid", String(32), nullable=False, unique=True),
+    Column("secret_commitment", String(64), nullable=False),
+    Column("created_at", String(32), nullable=False),
+    Column("environment", Text, nullable=False),
+)
+
+protocol_versions = Table(
+    "protocol_versions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("pilot_id", String(64), ForeignKey("pilots.id"), nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("protocol_version", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("canonical", Text, nullable=False),
+    Column("registered_at", String(32), nullable=False),
+    Column("registered_by", String(128), nullable=False),
+    Column("evalkit_version", String(32), nullable=False),
+    Column("reason", Text),
+    Column("changes", Text),
+    UniqueConstraint("pilot_id", "number", name="uq_protocol_versions_number"),
+    UniqueConstraint("pilot_id", "hash", name="uq_protocol_versions_hash"),
+)
+
+
+@dataclass(frozen=True)
+class PilotRecord:
+    id: str
+    uid: str
+    secret_commitment: str
+    created_at: str
+    environment: str
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    pilot_id: str
+    number: int
+    protocol_version: str
+    hash: str
+    canonical: str
+    registered_at: str
+    registered_by: str
+    evalkit_version: str
+    reason: str | None = None
+    changes: str | None = None
+
+
+class DuplicateRecord(Exception):
+    """A write lost a race to an identical key (another process wrote first)."""
+
+
+def normalise_url(url: str) -> str:
+    """Accept the URLs people paste: postgres:// and postgresql:// mean psycopg 3."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    return url
+
+
+def _sqlite_engine(url: str) -> Engine:
+    engine = create_engine(url, connect_args={"timeout": 60})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):  # pragma: no cover - exercised via every test
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=60000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection):
+        write = conn.get_execution_options().get("evalkit_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine
+
+
+class Store:
+    """Small interface over the database; callers never see SQL."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.dialect = engine.dialect.name
+
+    # -- opening ----------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, url: str) -> Store:
+        url = normalise_url(url)
+        try:
+            parsed = make_url(url)
+        except Exception:
+            raise UserError(
+                f"cannot read store URL {url!r}",
+                "use sqlite:///path/evalkit.db or postgresql://user@host/db",
+            ) from None
+        if parsed.get_backend_name() == "sqlite":
+            if parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            engine = _sqlite_engine(url)
+        elif parsed.get_backend_name() == "postgresql":
+            engine = create_engine(url, pool_pre_ping=True)
+        else:
+            raise UserError(
+                f"unsupported store {parsed.get_backend_name()!r}",
+                "evalkit stores pilots in SQLite or PostgreSQL",
+            )
+        store = cls(engine)
+        try:
+            store._upgrade()
+        except OperationalError as exc:
+            engine.dispose()
+            raise UserError(
+                f"cannot open the store at {parsed.render_as_string()}: "
+                f"{str(exc.orig).strip().splitlines()[0]}",
+                "check the URL and that the database server is running",
+            ) from None
+        return store
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _revision(self, conn: Connection) -> str | None:
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+
+    def _upgrade(self) -> None:
+        with self.engine.connect() as conn:
+            if self._revision(conn) == HEAD_REVISION:
+                return
+        with self.write() as conn:
+            if self._revision(conn) == HEAD_REVISION:  # another process upgraded meanwhile
+                return
+            from alembic import command
+            from alembic.config import Config
+
+            cfg = Config()
+            cfg.set_main_option("script_location", str(MIGRATIONS))
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    # -- transactions -----------------------------------------------------------------
+
+    @contextmanager
+    def write(self, lock: str = "evalkit") -> Iterator[Connection]:
+        """A transaction holding the write lock: BEGIN IMMEDIATE on SQLite, an advisory
+        transaction lock on PostgreSQL. Commits on success, rolls back on any error."""
+        with self.engine.connect().execution_options(evalkit_write=True) as conn, conn.begin():
+            if self.dialect == "postgresql":
+                key = zlib.crc32(lock.encode()) - 2**31
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({key})")
+            yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    # -- pilots and registrations -----------------------------------------------------
+
+    def pilot(self, pilot_id: str) -> PilotRecord | None:
+        with self.read() as conn:
+            row = conn.execute(select(pilots).where(pilots.c.id == pilot_id)).mappings().first()
+        return PilotRecord(**row) if row else None
+
+    def pilot_ids(self) -> list[str]:
+        with self.read() as conn:
+            return list(conn.execute(select(pilots.c.id).order_by(pilots.c.id)).scalars())
+
+    def versions(self, pilot_id: str) -> list[VersionRecord]:
+        q = (
+            select(*[c for c in protocol_versions.c if c.name != "id"])
+            .where(protocol_versions.c.pilot_id == pilot_id)
+            .order_by(protocol_versions.c.number)
+        )
+        with self.read() as conn:
+            return [VersionRecord(**r) for r in conn.execute(q).mappings()]
+
+    def create_pilot(self, pilot: PilotRecord, first: VersionRecord) -> None:
+        """Insert a pilot and its first registered version together, or neither."""
+        try:
+            with self.write(f"pilot:{pilot.id}") as conn:
+                exists = conn.execute(select(pilots.c.id).where(pilots.c.id == pilot.id)).first()
+                if exists:
+                    raise DuplicateRecord(pilot.id)
+                conn.execute(pilots.insert().values(**_as_row(pilot)))
+                conn.execute(protocol_versions.insert().values(**_as_row(first)))
+        except IntegrityError:
+            raise DuplicateRecord(pilot.id) from None
+
+    def add_version(self, version: VersionRecord, expected_number: int) -> None:
+        """Append an amendment; fails with DuplicateRecord if the pilot moved on meanwhile."""
+        try:
+            with self.write(f"pilot:{version.pilot_id}") as conn:
+                latest = conn.execute(
+                    select(func.max(protocol_versions.c.number)).where(
+                        protocol_versions.c.pilot_id == version.pilot_id
+                    )
+                ).scalar()
+                if latest != expected_number - 1:
+                    raise DuplicateRecord(version.pilot_id)
+                conn.execute(protocol_versions.insert().values(**_as_row(version)))
+        except IntegrityError:
+            raise DuplicateRecord(version.pilot_id) from None
+
+
+def _as_row(record: Any) -> dict[str, Any]:
+    return dict(record.__dict__)
+
+
+def default_url(workspace: Path) -> str:
+    env = os.environ.get("EVALKIT_DATABASE_URL")
+    if env:
+        return env
+    return f"sqlite:///{(workspace / 'evalkit.db').resolve()}"
+
+
+__all__ = [
+    "DuplicateRecord",
+    "PilotRecord",
+    "SQLAlchemyError",
+    "Store",
+    "VersionRecord",
+    "default_url",
+    "metadata",
+]

@@ -1,0 +1,52 @@
+"""Where a pilot's files live: protocols/, analyses/ and the default store, in one folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from evalkit.errors import UserError
+from evalkit.protocol import slug_ok
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+
+    @classmethod
+    def find(cls, start: Path, explicit: Path | None = None) -> Workspace:
+        """The given folder, else the nearest folder upwards holding protocols/ or a store."""
+        if explicit is not None:
+            if not explicit.is_dir():
+                raise UserError(
+                    f"workspace {explicit} is not a folder",
+                    "create it, or point --workspace at an existing folder",
+                )
+            return cls(explicit.resolve())
+        here = start.resolve()
+        for d in (here, *here.parents):
+            if (d / "protocols").is_dir() or (d / "evalkit.db").is_file():
+                return cls(d)
+        return cls(here)
+
+    @property
+    def protocols(self) -> Path:
+        return self.root / "protocols"
+
+    @property
+    def analyses(self) -> Path:
+        return self.root / "analyses"
+
+    def protocol_path(self, pilot: str) -> Path:
+        if not slug_ok(pilot):
+            raise UserError(
+                f"{pilot!r} is not a pilot name",
+                "pilot names use lower-case letters, digits and hyphens",
+            )
+        path = self.protocols / f"{pilot}.yaml"
+        if not path.is_file():
+            raise UserError(
+                f"no protocol for pilot {pilot!r}: {path} does not exist",
+                f"create it with 'evalkit init {pilot} --template individual'",
+            )
+        return path

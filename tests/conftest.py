@@ -1,0 +1,79 @@
+"""Shared fixtures. Every store test runs on SQLite and on PostgreSQL; the PostgreSQL runs
+skip, saying why, when EVALKIT_TEST_PG_URL is unset (.ci/run always sets it)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from evalkit.store import Store, normalise_url
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).with_name("data")
+PG_URL = os.environ.get("EVALKIT_TEST_PG_URL")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_keys(tmp_path_factory, monkeypatch):
+    """Key files go to a private folder outside any test workspace."""
+    keys = tmp_path_factory.mktemp("keys")
+    monkeypatch.setenv("EVALKIT_KEY_DIR", str(keys))
+    monkeypatch.delenv("EVALKIT_DATABASE_URL", raising=False)
+    monkeypatch.setenv("EVALKIT_USER", "test-evaluator")
+    return keys
+
+
+@pytest.fixture
+def key_dir(_isolated_keys) -> Path:
+    return _isolated_keys
+
+
+def _pg_schema_url(schema: str) -> str:
+    base = normalise_url(PG_URL or "")
+    sep = "&" if "?" in base else "?"
+    return f"{base}{sep}options={quote(f'-csearch_path={schema}')}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    """A URL for an empty store on each back end (a fresh schema on PostgreSQL)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'evalkit.db'}"
+        return
+    if not PG_URL:
+        pytest.skip("PostgreSQL tests need EVALKIT_TEST_PG_URL (set by .ci/run)")
+    from sqlalchemy import create_engine, text
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(normalise_url(PG_URL))
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield _pg_schema_url(schema)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def store(store_url):
+    s = Store.open(store_url)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def workspace(tmp_path) -> Path:
+    """An empty workspace with the flagship protocols copied in."""
+    ws = tmp_path / "ws"
+    (ws / "protocols").mkdir(parents=True)
+    (ws / "analyses").mkdir()
+    for name in ("hackney-keyworker", "hackney-estates", "hackney-front-door"):
+        shutil.copy(REPO / "protocols" / f"{name}.yaml", ws / "protocols" / f"{name}.yaml")
+    return ws
