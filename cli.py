@@ -340,6 +340,332 @@ def history(app: App, pilot: str, as_json: bool) -> None:
             click.echo(f"  {Change.from_dict(c)}")
 
 
+def _today() -> str:
+    from datetime import date
+
+    return date.today().isoformat()
+
+
+def _pilot(app: App, pilot: str):
+    from evalkit.enrolment import open_pilot
+
+    return open_pilot(app.store(), app.keyring(), app.workspace.protocol_path(pilot), pilot)
+
+
+def _entry_line(pilot, e, existing: bool = False) -> str:
+    p = pilot.protocol
+    labels = {a.name: a.label for a in p.arms}
+    who = f"{e.level} {e.unit}"
+    if e.kind == "exclusion":
+        text = f"{who}: not eligible ({'; '.join(e.detail['reasons'])}); recorded as excluded"
+    elif e.arm is None and "crossover_period" in e.detail:
+        text = f"{who}: crosses over at the start of period {e.detail['crossover_period']}"
+    else:
+        probability = (e.probabilities or {}).get(e.arm)
+        chance = f", chance {probability:.3g}" if probability is not None else ""
+        text = f"{who}: {e.arm} ({labels.get(e.arm, e.arm)}){chance}"
+    return f"{text} [already in the log, entry {e.seq}; nothing drawn]" if existing else text
+
+
+def _head_line(head) -> str:
+    return f"log head: entry {head[0]}, sha256 {head[1]}"
+
+
+def _entry_json(e) -> dict:
+    return {k: v for k, v in e.__dict__.items() if k not in {"baseline", "prev_hash"}}
+
+
+@cli.command()
+@click.argument("pilot")
+@click.option(
+    "--unit-id",
+    required=True,
+    help="The referral's identifier (pseudonymised; never stored or shown).",
+)
+@click.option(
+    "--set", "values", multiple=True, metavar="FIELD=VALUE", help="A baseline value; repeat."
+)
+@click.option("--date", "on", default=None, help="Date of referral (YYYY-MM-DD; default today).")
+@click.option("--by", default=None, help="Who allocates (default: EVALKIT_USER or login).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_app
+def enrol(
+    app: App,
+    pilot: str,
+    unit_id: str,
+    values: tuple[str, ...],
+    on: str | None,
+    by: str | None,
+    as_json: bool,
+) -> None:
+    """Enrol one referral and print its arm (or why it is not eligible).
+
+    Enrolling the same person again prints the existing allocation; it never draws again.
+    Example: evalkit enrol hackney-keyworker --unit-id QQ123456C --set age=44
+    --set benefit=ESA --set months_unemployed=30 --set referral_route=GP
+    --set mh_condition=true
+    """
+    from evalkit.clock import utc_now
+    from evalkit.enrolment import enrol as do_enrol
+
+    raw = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise UserError(f"--set {item!r} is not FIELD=VALUE", "e.g. --set age=44")
+        raw[name.strip()] = value
+    p = _pilot(app, pilot)
+    out = do_enrol(app.store(), p, unit_id, raw, utc_now(), by or _user(), on or _today())
+    e, existing = (out.existing[0], True) if out.existing else (out.entries[0], False)
+    if as_json:
+        _emit(
+            {
+                **_entry_json(e),
+                "already_enrolled": existing,
+                "head": out.head[1],
+                "head_entry": out.head[0],
+            }
+        )
+        return
+    click.echo(f"{pilot}: " + _entry_line(p, e, existing))
+    click.echo(_head_line(out.head))
+
+
+@cli.command()
+@click.argument("pilot")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write each row's result (row, pseudonym or place, status, arm) as CSV.",
+)
+@click.option("--id-column", default="id", show_default=True, help="Identifier column.")
+@click.option("--date", "on", default=None, help="Date of referral (default today).")
+@click.option("--by", default=None, help="Who allocates (default: EVALKIT_USER or login).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@pass_app
+def allocate(
+    app: App,
+    pilot: str,
+    file: Path,
+    out: Path | None,
+    id_column: str,
+    on: str | None,
+    by: str | None,
+    as_json: bool,
+) -> None:
+    """Allocate a whole list (CSV or Excel) at once: all rows or none.
+
+    For a place design the first list is the places (with the place fields); later lists
+    are people joining allocated places.
+    Example: evalkit allocate hackney-estates places.csv --out allocation.csv
+    """
+    from evalkit.clock import utc_now
+    from evalkit.enrolment import BatchRejected, allocate_file, write_results
+
+    p = _pilot(app, pilot)
+    try:
+        res = allocate_file(
+            app.store(), p, file, utc_now(), by or _user(), on or _today(), id_column
+        )
+    except BatchRejected as exc:
+        _fail(
+            [f"error: {exc.message}"]
+            + [f"  {file}: {prob}" for prob in exc.problems]
+            + [f"  hint: {exc.hint}"]
+        )
+    if out is not None:
+        write_results(out, res)
+    if as_json:
+        _emit(
+            {
+                "rows": [
+                    {"row": row, **_entry_json(e), "already_in_log": x} for row, e, x in res.rows
+                ],
+                "head": res.head[1],
+                "head_entry": res.head[0],
+            }
+        )
+        return
+    arms: dict[str, int] = {}
+    for e in res.entries:
+        key = e.arm or ("excluded" if e.kind == "exclusion" else "crossover order drawn")
+        arms[key] = arms.get(key, 0) + 1
+    summary = ", ".join(f"{k}: {v}" for k, v in sorted(arms.items()))
+    click.echo(f"{pilot}: {len(res.entries)} new entries ({summary})")
+    if res.existing:
+        click.echo(f"  {len(res.existing)} rows were already in the log and are unchanged")
+    if out is not None:
+        click.echo(f"wrote {out}")
+    click.echo(_head_line(res.head))
+
+
+@cli.command()
+@click.argument("pilot")
+@click.option("--unit-id", default=None, help="The person's identifier.")
+@click.option(
+    "--type",
+    "kind",
+    required=True,
+    type=click.Choice(["withdrawn", "did_not_start", "started", "unblinded"]),
+    help="What happened.",
+)
+@click.option("--reason", default="", help="Why (kept in the log).")
+@click.option("--date", "on", default=None, help="When it happened (default today).")
+@click.option("--by", default=None, help="Who records it.")
+@pass_app
+def event(
+    app: App,
+    pilot: str,
+    unit_id: str | None,
+    kind: str,
+    reason: str,
+    on: str | None,
+    by: str | None,
+) -> None:
+    """Record a withdrawal, a did-not-start, a start, or unblinding as a new log entry.
+
+    Allocations are never changed or deleted.
+    Example: evalkit event hackney-keyworker --unit-id QQ123456C --type withdrawn
+    --reason "moved away"
+    """
+    from evalkit.clock import utc_now
+    from evalkit.enrolment import record_event
+
+    p = _pilot(app, pilot)
+    if kind == "unblinded" and not reason.strip():
+        raise UserError("unblinding needs a reason", 'give --reason "analysis plan locked"')
+    res = record_event(
+        app.store(), p, unit_id, kind, utc_now(), by or _user(), on or _today(), reason
+    )
+    click.echo(f"{pilot}: recorded {kind} as log entry {res.head[0]}")
+    click.echo(_head_line(res.head))
+
+
+@cli.command()
+@click.argument("pilot")
+@click.option(
+    "--reveal-secret",
+    is_flag=True,
+    help="Replay every allocation with the pilot's secret and print the secret "
+    "(only once follow-up has ended).",
+)
+@click.option(
+    "--secret", "secret_hex", default=None, metavar="HEX", help="Replay with a revealed secret."
+)
+@click.option(
+    "--head",
+    "published_head",
+    default=None,
+    metavar="SHA256",
+    help="A head hash published earlier: check the log still contains it.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_app
+def verify(
+    app: App,
+    pilot: str,
+    reveal_secret: bool,
+    secret_hex: str | None,
+    published_head: str | None,
+    as_json: bool,
+) -> None:
+    """Check the allocation log's hash chain; exit 1 naming the first bad entry.
+
+    With --reveal-secret or --secret, also replay every allocation from scratch.
+    Example: evalkit verify hackney-keyworker --head 8c2e...
+    """
+    from evalkit.enrolment import verify as do_verify
+
+    store = app.store()
+    secret = None
+    if secret_hex is not None:
+        try:
+            secret = bytes.fromhex(secret_hex)
+        except ValueError:
+            raise UserError("--secret must be hexadecimal") from None
+    elif reveal_secret:
+        record = store.pilot(pilot)
+        if record is None:
+            raise UserError(f"pilot {pilot!r} is not registered")
+        secret = app.keyring().load(record.id, record.uid, record.secret_commitment)
+    v = do_verify(store, pilot, secret, published_head)
+    if as_json:
+        _emit(
+            {
+                "ok": v.ok,
+                "entries": v.chain.entries,
+                "head": v.chain.head,
+                "problem": v.chain.problem or v.replay_problem or None,
+                "bad_entry": v.chain.bad_seq or v.bad_seq,
+                "replayed": v.replayed if secret else None,
+                "published_head_found": v.published_head_found,
+                "secret": secret.hex() if reveal_secret and v.ok and secret else None,
+            }
+        )
+        sys.exit(0 if v.ok else 1)
+    if not v.chain.ok:
+        _fail(
+            [
+                f"{pilot}: the allocation log FAILS verification: {v.chain.problem}",
+                f"  first bad entry: {v.chain.bad_seq}",
+            ]
+        )
+    if v.published_head_found is False:
+        _fail(
+            [
+                f"{pilot}: the published head {published_head} is not in the log: entries "
+                "it covered were changed or removed"
+            ]
+        )
+    if v.replay_problem:
+        _fail([f"{pilot}: the chain is intact but replay FAILS: {v.replay_problem}"])
+    click.echo(
+        f"{pilot}: the allocation log verifies: {v.chain.entries} entries, head {v.chain.head}"
+    )
+    if published_head:
+        click.echo("  the published head is in the log")
+    if secret is not None:
+        click.echo(f"  replayed {v.replayed} allocations from the secret: every one matches")
+    if reveal_secret and secret is not None:
+        click.echo(f"  secret: {secret.hex()}")
+        click.echo(f"  anyone can now check: evalkit verify {pilot} --secret HEX")
+
+
+@cli.command()
+@click.argument("pilot")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@pass_app
+def status(app: App, pilot: str, as_json: bool) -> None:
+    """Show a pilot at a glance: registration, allocations by arm, exclusions, events and
+    the log's head hash (to publish).
+
+    Example: evalkit status hackney-keyworker
+    """
+    from evalkit.status import pilot_status
+
+    s = pilot_status(app.store(), app.keyring(), app.workspace.protocol_path(pilot), pilot)
+    if as_json:
+        _emit(s)
+        return
+    state = "matches" if s["protocol_file_current"] else "DIFFERS from"
+    click.echo(f"{pilot}: {s['title']}")
+    click.echo(
+        f"  registered version {s['registered_version']} of {s['versions']}; "
+        f"the protocol file {state} it"
+    )
+    for level, counts in s["allocated"].items():
+        if counts:
+            click.echo(f"  {level}s allocated: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if s["blinded"]:
+        click.echo("  arms are shown under neutral labels until unblinding is recorded")
+    if s["excluded"]:
+        click.echo("  excluded: " + "; ".join(f"{k}: {v}" for k, v in s["excluded"].items()))
+    if s["events"]:
+        click.echo("  events: " + ", ".join(f"{k} {v}" for k, v in s["events"].items()))
+    click.echo(f"  log head: entry {s['log_entries']}, sha256 {s['log_head']}")
+
+
 @cli.command()
 @click.option(
     "--dir",

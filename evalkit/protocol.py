@@ -528,11 +528,15 @@ def _check_design(p: Protocol) -> list[Problem]:
         for i, f in enumerate(d.factors):
             if f.weight <= 0:
                 out.append(Problem(("design", "factors", i, "weight"), "weights must be positive"))
-        if not 1 / len(p.arms) <= d.probability <= 1:
+        k = len(p.arms)
+        low = (k - 1) / k if k > 2 else 0.5
+        if not low <= d.probability <= 1:
             out.append(
                 Problem(
                     ("design", "probability"),
-                    f"probability {d.probability} must be between 1/{len(p.arms)} and 1",
+                    f"probability {d.probability} must be between {low:.3g} and 1 for {k} arms",
+                    "below that, an arm tied for least imbalance could be less likely than an "
+                    "arm that is not",
                 )
             )
     elif isinstance(d, SteppedWedgeDesign):

@@ -9,6 +9,7 @@ either written whole or not at all.
 
 from __future__ import annotations
 
+import json
 import os
 import zlib
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from sqlalchemy import (
     Connection,
     Engine,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -37,9 +39,11 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
+from evalkit.canonical import canonical_json
 from evalkit.errors import UserError
+from evalkit.ledger import Entry
 
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0002"
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 metadata = MetaData()
@@ -52,6 +56,8 @@ pilots = Table(
     Column("secret_commitment", String(64), nullable=False),
     Column("created_at", String(32), nullable=False),
     Column("environment", Text, nullable=False),
+    Column("log_count", Integer, nullable=False, server_default="0"),
+    Column("log_head", String(64)),
 )
 
 protocol_versions = Table(
@@ -73,6 +79,36 @@ protocol_versions = Table(
 )
 
 
+log = Table(
+    "log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("pilot_id", String(64), ForeignKey("pilots.id"), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("level", String(16)),
+    Column("unit", String(128)),
+    Column("unit_key", String(128)),
+    Column("stratum", String(256)),
+    Column("place", String(128)),
+    Column("arm", String(64)),
+    Column("probabilities", Text),
+    Column("detail", Text, nullable=False),
+    Column("baseline", Text, nullable=False),
+    Column("protocol_hash", String(64), nullable=False),
+    Column("protocol_number", Integer, nullable=False),
+    Column("created_at", String(32), nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("entry_hash", String(64), nullable=False),
+    UniqueConstraint("pilot_id", "seq", name="uq_log_seq"),
+    UniqueConstraint("pilot_id", "unit_key", name="uq_log_unit"),
+    Index("ix_log_stratum", "pilot_id", "kind", "stratum"),
+)
+
+_JSON_COLUMNS = ("probabilities", "detail", "baseline")
+
+
 @dataclass(frozen=True)
 class PilotRecord:
     id: str
@@ -80,6 +116,8 @@ class PilotRecord:
     secret_commitment: str
     created_at: str
     environment: str
+    log_count: int = 0
+    log_head: str | None = None
 
 
 @dataclass(frozen=True)
@@ -232,6 +270,24 @@ class Store:
         with self.read() as conn:
             return [VersionRecord(**r) for r in conn.execute(q).mappings()]
 
+    @contextmanager
+    def log_tx(self, pilot_id: str) -> Iterator[LogTx]:
+        """The pilot's log under its write lock; all appended entries commit together."""
+        with self.write(f"pilot:{pilot_id}") as conn:
+            yield LogTx(conn, pilot_id)
+
+    def log_entries(self, pilot_id: str) -> list[Entry]:
+        with self.read() as conn:
+            return LogTx(conn, pilot_id).entries()
+
+    def count_allocations(self, pilot_id: str, level: str = "participant") -> int:
+        with self.read() as conn:
+            return LogTx(conn, pilot_id).count(level=level)
+
+    def log_head(self, pilot_id: str) -> tuple[int, str | None]:
+        with self.read() as conn:
+            return LogTx(conn, pilot_id).head()
+
     def create_pilot(self, pilot: PilotRecord, first: VersionRecord) -> None:
         """Insert a pilot and its first registered version together, or neither."""
         try:
@@ -258,6 +314,83 @@ class Store:
                 conn.execute(protocol_versions.insert().values(**_as_row(version)))
         except IntegrityError:
             raise DuplicateRecord(version.pilot_id) from None
+
+
+def _entry_row(e: Entry) -> dict[str, Any]:
+    row = dict(e.__dict__)
+    for c in _JSON_COLUMNS:
+        row[c] = None if row[c] is None else canonical_json(row[c])
+    row["unit_key"] = e.unit_key
+    return row
+
+
+def _entry(row: Any) -> Entry:
+    d = {k: row[k] for k in Entry.__dataclass_fields__}
+    for c in _JSON_COLUMNS:
+        d[c] = None if d[c] is None else json.loads(d[c])
+    return Entry(**d)
+
+
+_LOG_ORDER = (log.c.seq, log.c.id)
+
+
+class LogTx:
+    """One pilot's log inside the write lock: what an allocation decision may read, and
+    the one way to append. Everything read here is consistent with what is appended."""
+
+    def __init__(self, conn: Connection, pilot_id: str):
+        self.conn = conn
+        self.pilot_id = pilot_id
+
+    def head(self) -> tuple[int, str | None]:
+        row = self.conn.execute(
+            select(pilots.c.log_count, pilots.c.log_head).where(pilots.c.id == self.pilot_id)
+        ).one()
+        return row[0], row[1]
+
+    def unit(self, level: str, unit: str) -> Entry | None:
+        row = (
+            self.conn.execute(
+                select(log).where(
+                    log.c.pilot_id == self.pilot_id, log.c.unit_key == f"{level}:{unit}"
+                )
+            )
+            .mappings()
+            .first()
+        )
+        return _entry(row) if row else None
+
+    def count(self, stratum: str | None = None, level: str = "participant") -> int:
+        q = select(func.count()).where(
+            log.c.pilot_id == self.pilot_id, log.c.kind == "allocation", log.c.level == level
+        )
+        if stratum is not None:
+            q = q.where(log.c.stratum == stratum)
+        return self.conn.execute(q).scalar_one()
+
+    def entries(self, kind: str | None = None, level: str | None = None) -> list[Entry]:
+        q = select(log).where(log.c.pilot_id == self.pilot_id)
+        if kind is not None:
+            q = q.where(log.c.kind == kind)
+        if level is not None:
+            q = q.where(log.c.level == level)
+        return [_entry(r) for r in self.conn.execute(q.order_by(*_LOG_ORDER)).mappings()]
+
+    def append(self, entries: list[Entry]) -> tuple[int, str | None]:
+        """Insert sealed entries that follow the current head, and move the head."""
+        if not entries:
+            return self.head()
+        count, head = self.head()
+        if entries[0].seq != count + 1 or (head is not None and entries[0].prev_hash != head):
+            raise RuntimeError("entries do not follow the log head")  # a bug, not user error
+        self.conn.execute(log.insert(), [_entry_row(e) for e in entries])
+        new_head = (entries[-1].seq, entries[-1].entry_hash)
+        self.conn.execute(
+            pilots.update()
+            .where(pilots.c.id == self.pilot_id)
+            .values(log_count=new_head[0], log_head=new_head[1])
+        )
+        return new_head
 
 
 def _as_row(record: Any) -> dict[str, Any]:
