@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
@@ -37,14 +37,25 @@ from evalkit.randomness import RngFactory
 SEQUENTIAL = {"simple", "blocked", "minimisation"}
 
 
+def pseudonymiser(secret: bytes) -> Callable[[str], str]:
+    """HMAC-SHA256 pseudonyms under the pilot's pseudonym key; spaces and letter case in
+    an identifier do not matter."""
+    key = derive(secret, "pseudonym")
+
+    def pseudonym_of(raw_id: str) -> str:
+        norm = "".join(str(raw_id).split()).upper()
+        return hmac.new(key, norm.encode(), hashlib.sha256).hexdigest()[:24]
+
+    return pseudonym_of
+
+
 def pseudonym(secret: bytes, raw_id: str) -> str:
-    """HMAC-SHA256 pseudonym of an identifier; spaces and letter case do not matter."""
-    norm = "".join(str(raw_id).split()).upper()
-    return hmac.new(derive(secret, "pseudonym"), norm.encode(), hashlib.sha256).hexdigest()[:24]
+    return pseudonymiser(secret)(raw_id)
 
 
 class LogView(Interface):
     def unit(self, level: str, unit: str) -> Entry | None: ...
+    def units(self, level: str, units: Sequence[str]) -> dict[str, Entry]: ...
     def count(self, stratum: str | None = None, level: str = "participant") -> int: ...
     def entries(self, kind: str | None = None, level: str | None = None) -> list[Entry]: ...
 
@@ -74,6 +85,14 @@ class MemoryView:
         if hit is None and self.base is not None:
             return self.base.unit(level, unit)
         return hit
+
+    def units(self, level: str, units: Sequence[str]) -> dict[str, Entry]:
+        found = self.base.units(level, units) if self.base is not None else {}
+        for u in units:
+            hit = self._units.get(f"{level}:{u}")
+            if hit is not None:
+                found[u] = hit
+        return found
 
     def count(self, stratum: str | None = None, level: str = "participant") -> int:
         key = (level, stratum)
@@ -174,11 +193,12 @@ def check_referrals(
     out, problems = [], []
     seen: dict[str, int | None] = {}
     needed = _needed_fields(protocol)
+    pseudonym_of = pseudonymiser(secret)
     for row, raw_id, raw in rows:
         if raw_id is None or str(raw_id).strip() == "":
             problems.append(RowProblem(row, "id", None, "is missing: every unit needs an id"))
             continue
-        unit = pseudonym(secret, raw_id)
+        unit = pseudonym_of(raw_id)
         if unit in seen:
             first = seen[unit]
             problems.append(
@@ -270,20 +290,7 @@ def decide(ctx: Context, view: LogView, r: Referral) -> Entry:
         draw = A.blocked_next(
             stratum, view.count(stratum), ctx.arms, ctx.ratios, d.block_sizes, ctx.rngs
         )
-        return ctx.entry(
-            kind="allocation",
-            unit=r.unit,
-            arm=draw.arm,
-            stratum=stratum,
-            probabilities=draw.probabilities,
-            baseline=r.values,
-            detail={
-                "method": "blocked",
-                **_plain(draw.detail),
-                "exact": draw.exact,
-                "on": r.joined,
-            },
-        )
+        return _blocked_entry(ctx, r, draw)
     if isinstance(d, MinimisationDesign):
         factors = [(f.field, f.weight) for f in d.factors]
         previous = view.entries("allocation", "participant")
@@ -320,6 +327,18 @@ def decide(ctx: Context, view: LogView, r: Referral) -> Entry:
     raise UserError(
         f"a {d.method} design allocates its whole list at once, not one referral at a time",
         "put the referrals in a CSV or Excel file and use 'evalkit allocate'",
+    )
+
+
+def _blocked_entry(ctx: Context, r: Referral, draw: A.Draw) -> Entry:
+    return ctx.entry(
+        kind="allocation",
+        unit=r.unit,
+        arm=draw.arm,
+        stratum=draw.detail["stratum"],
+        probabilities=draw.probabilities,
+        baseline=r.values,
+        detail={"method": "blocked", **draw.detail, "exact": draw.exact, "on": r.joined},
     )
 
 
@@ -404,9 +423,23 @@ def allocate_batch(ctx: Context, view: LogView, referrals: list[Referral]) -> li
     ineligible, one allocation each for the rest. A unit already in the log is skipped
     (enrolling the same person again never draws again)."""
     mem = MemoryView(view)
-    new = [r for r in referrals if view.unit("participant", r.unit) is None]
-    method = ctx.protocol.design.method
+    known = view.units("participant", [r.unit for r in referrals])
+    new = [r for r in referrals if r.unit not in known]
+    d = ctx.protocol.design
+    method = d.method
     eligible = [r for r in new if not r.reasons]
+    queued: dict[str, list[A.Draw]] = {}
+    if isinstance(d, BlockedDesign) and ctx.protocol.unit.level == "participant":
+        # each stratum's run drawn at once: the same draws as one at a time, made faster
+        runs: dict[str, int] = {}
+        for r in eligible:
+            label = stratum_label(d.strata, r.values)
+            runs[label] = runs.get(label, 0) + 1
+        for label, n in runs.items():
+            draws = A.blocked_run(
+                label, view.count(label), n, ctx.arms, ctx.ratios, d.block_sizes, ctx.rngs
+            )
+            queued[label] = draws[::-1]
     if method == "complete" and eligible:
         batch = 1 + len(
             {
@@ -440,6 +473,9 @@ def allocate_batch(ctx: Context, view: LogView, referrals: list[Referral]) -> li
                     "on": r.joined,
                 },
             )
+        elif queued:
+            out.append(_blocked_entry(ctx, r, queued[stratum_label(d.strata, r.values)].pop()))
+            continue  # drawn ahead, so no later decision reads the memory view
         else:
             e = decide(ctx, mem, r)
         mem.add(e)

@@ -293,6 +293,51 @@ def blocked_next(
     )
 
 
+def blocked_run(
+    stratum: str,
+    start: int,
+    count: int,
+    arms: Sequence[str],
+    ratios: Sequence[float],
+    block_sizes: Sequence[int],
+    rngs: RngFactory,
+) -> list[Draw]:
+    """The draws ``blocked_next`` gives positions ``start`` .. ``start + count - 1`` of one
+    stratum, making each block's order once: a list arriving together (a batch) continues
+    the stratum's sequence exactly where one-at-a-time enrolment left it."""
+    shares, bases = _block_base(arms, ratios, block_sizes)
+    if start < 0 or count < 0:
+        raise ValueError("start and count must be zero or more")
+    if count == 0:
+        return []
+    sizes, ends = _block_ends(stratum, start + count - 1, block_sizes, rngs)
+    names = list(arms)
+    probabilities = {a: float(p) for a, p in zip(arms, shares, strict=True)}
+    blocks = np.searchsorted(ends, np.arange(start, start + count), side="right")
+    orders: dict[int, np.ndarray] = {}
+    out = []
+    for position, k in zip(range(start, start + count), blocks.tolist(), strict=True):
+        first = int(ends[k - 1]) if k else 0
+        size = int(sizes[k])
+        if k not in orders:
+            orders[k] = _block_order(stratum, k, bases[size], rngs)
+        out.append(
+            Draw(
+                arm=names[int(orders[k][position - first])],
+                probabilities=dict(probabilities),
+                exact=True,
+                detail={
+                    "stratum": stratum,
+                    "position": position,
+                    "block": k,
+                    "block_size": size,
+                    "position_in_block": position - first,
+                },
+            )
+        )
+    return out
+
+
 def blocked(
     strata: Sequence[str],
     arms: Sequence[str],

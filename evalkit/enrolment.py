@@ -183,7 +183,8 @@ def allocate_file(
             entries = AL.allocate_places(ctx, tx, refs)
             existing: list[Entry] = []
         else:
-            existing = [e for r in refs if (e := tx.unit("participant", r.unit)) is not None]
+            known = tx.units("participant", [r.unit for r in refs])
+            existing = [known[r.unit] for r in refs if r.unit in known]
             entries = AL.allocate_batch(ctx, tx, refs)
         sealed = chain(entries, p.id, pilot.registration_hash, tx.head())
         head = tx.append(sealed)

@@ -9,13 +9,17 @@ commission, say) not even the last entry can be removed unnoticed.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
 from evalkit.canonical import canonical_json
 
 Kind = Literal["allocation", "exclusion", "event"]
 EVENTS = ("withdrawn", "did_not_start", "started", "unblinded")
+
+
+def _hash(body: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical_json(body).encode("utf-8")).hexdigest()
 
 
 def genesis(pilot_id: str, registration_hash: str) -> str:
@@ -44,12 +48,11 @@ class Entry:
     entry_hash: str = field(default="")
 
     def body(self) -> dict[str, Any]:
-        out = asdict(self)
-        out.pop("entry_hash")
-        return out
+        """Every field but the entry's own hash (nested values are hashed as they are)."""
+        return {name: getattr(self, name) for name in _BODY}
 
     def computed_hash(self) -> str:
-        return hashlib.sha256(canonical_json(self.body()).encode("utf-8")).hexdigest()
+        return _hash(self.body())
 
     def sealed(self) -> Entry:
         return replace(self, entry_hash=self.computed_hash())
@@ -68,10 +71,13 @@ def chain(
     prev = prev or genesis(pilot_id, registration_hash)
     out = []
     for i, e in enumerate(entries, start=count + 1):
-        sealed = replace(e, seq=i, prev_hash=prev).sealed()
-        out.append(sealed)
-        prev = sealed.entry_hash
+        body = e.body() | {"seq": i, "prev_hash": prev}
+        prev = _hash(body)
+        out.append(Entry(**body, entry_hash=prev))
     return out
+
+
+_BODY = [f.name for f in fields(Entry) if f.name != "entry_hash"]
 
 
 @dataclass(frozen=True)

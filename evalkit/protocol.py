@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import date
+from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -70,7 +71,7 @@ class EligibilityRule(Strict):
             raise ValueError(str(exc)) from None
         return v
 
-    @property
+    @cached_property
     def condition(self) -> Condition:
         return Condition.parse(self.rule)
 

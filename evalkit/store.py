@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -316,12 +316,22 @@ class Store:
             raise DuplicateRecord(version.pilot_id) from None
 
 
-def _entry_row(e: Entry) -> dict[str, Any]:
-    row = dict(e.__dict__)
-    for c in _JSON_COLUMNS:
-        row[c] = None if row[c] is None else canonical_json(row[c])
-    row["unit_key"] = e.unit_key
-    return row
+def _entry_rows(entries: list[Entry]) -> list[dict[str, Any]]:
+    """Rows to insert; the probabilities (the same for most entries) are encoded once."""
+    encoded: dict[tuple, str] = {}
+    rows = []
+    for e in entries:
+        row = dict(e.__dict__)
+        for c in ("detail", "baseline"):
+            row[c] = canonical_json(row[c])
+        if e.probabilities is not None:
+            key = tuple(e.probabilities.items())
+            if key not in encoded:
+                encoded[key] = canonical_json(e.probabilities)
+            row["probabilities"] = encoded[key]
+        row["unit_key"] = e.unit_key
+        rows.append(row)
+    return rows
 
 
 def _entry(row: Any) -> Entry:
@@ -360,6 +370,19 @@ class LogTx:
         )
         return _entry(row) if row else None
 
+    def units(self, level: str, units: Sequence[str]) -> dict[str, Entry]:
+        """The allocations and exclusions of many units, fetched in a few queries."""
+        keys = [f"{level}:{u}" for u in units]
+        found: dict[str, Entry] = {}
+        for i in range(0, len(keys), 500):
+            q = select(log).where(
+                log.c.pilot_id == self.pilot_id, log.c.unit_key.in_(keys[i : i + 500])
+            )
+            for row in self.conn.execute(q).mappings():
+                e = _entry(row)
+                found[e.unit or ""] = e
+        return found
+
     def count(self, stratum: str | None = None, level: str = "participant") -> int:
         q = select(func.count()).where(
             log.c.pilot_id == self.pilot_id, log.c.kind == "allocation", log.c.level == level
@@ -383,7 +406,20 @@ class LogTx:
         count, head = self.head()
         if entries[0].seq != count + 1 or (head is not None and entries[0].prev_hash != head):
             raise RuntimeError("entries do not follow the log head")  # a bug, not user error
-        self.conn.execute(log.insert(), [_entry_row(e) for e in entries])
+        rows = _entry_rows(entries)
+        columns = list(rows[0])
+        if self.conn.dialect.name == "sqlite":  # the driver's own executemany is faster
+            marks = ", ".join("?" for _ in columns)
+            self.conn.exec_driver_sql(
+                f"INSERT INTO log ({', '.join(columns)}) VALUES ({marks})",
+                [tuple(r[c] for c in columns) for r in rows],
+            )
+        else:  # PostgreSQL: COPY, in the same transaction as everything else
+            cursor = self.conn.connection.cursor()
+            with cursor.copy(f"COPY log ({', '.join(columns)}) FROM STDIN") as copy:
+                for r in rows:
+                    copy.write_row(tuple(r[c] for c in columns))
+            cursor.close()
         new_head = (entries[-1].seq, entries[-1].entry_hash)
         self.conn.execute(
             pilots.update()
