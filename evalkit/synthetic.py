@@ -1,0 +1,95 @@
+"""Synthetic referrals and places for the demo and for simulations, labelled synthetic.
+
+Proportions follow the Hackney figures in the domain brief: long-term claimants are
+mostly 45-64, 54% male, most have claimed for five years or more; the commission's
+interviewees were mainly council tenants (14 of 24) or housing-association tenants (7).
+No real resident's data is used or imitated row by row.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from evalkit.protocol import Protocol
+
+BENEFIT_MIX = {"ESA": 0.6, "UC": 0.3, "JSA": 0.1}
+ROUTE_MIX = {"JCP": 0.4, "GP": 0.2, "IAPT": 0.15, "self": 0.1, "VCS": 0.15}
+HOUSING_MIX = {"council": 14 / 24, "housing_association": 7 / 24, "private_rented": 2 / 24,
+               "owner": 1 / 24}
+
+
+def _pick(rng: np.random.Generator, mix: dict[str, float], allowed: list[str]) -> str:
+    names = [k for k in mix if k in allowed] or allowed
+    p = np.array([mix.get(k, 1.0) for k in names], dtype=float)
+    return str(names[int(rng.choice(len(names), p=p / p.sum()))])
+
+
+def referral_values(protocol: Protocol, rng: np.random.Generator,
+                    eligible_share: float = 0.9) -> dict[str, Any]:
+    """One synthetic referral's baseline values, as text (as a form or CSV would give
+    them). About ``1 - eligible_share`` are out of work for less than 24 months."""
+    out: dict[str, Any] = {}
+    for f in protocol.fields:
+        if f.identifier:
+            continue
+        if f.name == "age":
+            out[f.name] = int(np.clip(rng.normal(49, 9), 19, 64))
+        elif f.name == "months_unemployed":
+            eligible = rng.random() < eligible_share
+            out[f.name] = int(24 + rng.exponential(50)) if eligible else int(rng.integers(6, 24))
+        elif f.name == "benefit":
+            out[f.name] = _pick(rng, BENEFIT_MIX, f.levels or [])
+        elif f.name == "referral_route":
+            out[f.name] = _pick(rng, ROUTE_MIX, f.levels or [])
+        elif f.name in {"housing", "tenure"}:
+            out[f.name] = _pick(rng, HOUSING_MIX, f.levels or [])
+        elif f.name == "gender":
+            out[f.name] = _pick(rng, {"male": 0.54, "female": 0.45, "other": 0.01}, f.levels or [])
+        elif f.type == "boolean":
+            out[f.name] = bool(rng.random() < 0.9)
+        elif f.type == "category":
+            out[f.name] = str(rng.choice(f.levels or [""]))
+        elif f.type == "integer":
+            out[f.name] = int(rng.integers(int(f.min or 0), int(f.max or 100) + 1))
+        elif f.type == "number":
+            out[f.name] = float(rng.uniform(f.min or 0, f.max or 1))
+    return {k: _text(v) for k, v in out.items()}
+
+
+def place_values(protocol: Protocol, rng: np.random.Generator) -> list[dict[str, str]]:
+    """One synthetic row per place the protocol names: deprivation and claimant
+    indicators that vary between places as Hackney's wards and estates do."""
+    pf = protocol.field(protocol.unit.place_field or "")
+    names = pf.levels if pf is not None and pf.levels else []
+    rows = []
+    for name in names:
+        imd = float(np.clip(rng.normal(38, 9), 15, 65))
+        row: dict[str, Any] = {protocol.unit.place_field or "place": name}
+        for f in protocol.unit.place_fields:
+            if f.name == "imd_score":
+                row[f.name] = round(imd, 1)
+            elif f.name == "claimant_rate":
+                row[f.name] = round(float(np.clip(0.04 + imd / 400 + rng.normal(0, 0.015),
+                                                  0.03, 0.3)), 3)
+            elif f.name == "mh_claimant_share":
+                row[f.name] = round(float(np.clip(rng.normal(0.48, 0.05), 0.3, 0.7)), 2)
+            elif f.type == "category":
+                row[f.name] = ("higher" if imd >= 38 else "lower") if "higher" in (
+                    f.levels or []) else str(rng.choice(f.levels or [""]))
+            elif f.type == "integer":
+                row[f.name] = int(rng.integers(int(f.min or 100), int(f.max or 2000) + 1))
+            elif f.type == "boolean":
+                row[f.name] = bool(rng.random() < 0.5)
+            else:
+                low, high = f.min if f.min is not None else 0.0, f.max if f.max is not None else 1
+                row[f.name] = round(float(rng.uniform(low, high)), 3)
+        rows.append({k: _text(v) for k, v in row.items()})
+    return rows
+
+
+def _text(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
