@@ -386,6 +386,7 @@ def _entry_json(e) -> dict:
     "--set", "values", multiple=True, metavar="FIELD=VALUE", help="A baseline value; repeat."
 )
 @click.option("--date", "on", default=None, help="Date of referral (YYYY-MM-DD; default today).")
+@click.option("--ref", default=None, help="Your own reference, where the protocol allows one.")
 @click.option("--by", default=None, help="Who allocates (default: EVALKIT_USER or login).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_app
@@ -395,6 +396,7 @@ def enrol(
     unit_id: str,
     values: tuple[str, ...],
     on: str | None,
+    ref: str | None,
     by: str | None,
     as_json: bool,
 ) -> None:
@@ -415,7 +417,7 @@ def enrol(
             raise UserError(f"--set {item!r} is not FIELD=VALUE", "e.g. --set age=44")
         raw[name.strip()] = value
     p = _pilot(app, pilot)
-    out = do_enrol(app.store(), p, unit_id, raw, utc_now(), by or _user(), on or _today())
+    out = do_enrol(app.store(), p, unit_id, raw, utc_now(), by or _user(), on or _today(), ref)
     e, existing = (out.existing[0], True) if out.existing else (out.entries[0], False)
     if as_json:
         _emit(
@@ -663,7 +665,229 @@ def status(app: App, pilot: str, as_json: bool) -> None:
         click.echo("  excluded: " + "; ".join(f"{k}: {v}" for k, v in s["excluded"].items()))
     if s["events"]:
         click.echo("  events: " + ", ".join(f"{k} {v}" for k, v in s["events"].items()))
+    months = s["recruitment_by_month"]
+    if months:
+        total = sum(months.values())
+        click.echo(
+            f"  recruited {total} of {s['target_units']} by month: "
+            + ", ".join(f"{m} {n}" for m, n in months.items())
+        )
+    c = s["consort"]
+    click.echo(
+        f"  CONSORT: assessed {c['assessed']}, excluded {c['excluded']['total']}, "
+        f"randomised {c['randomised']}"
+    )
+    for a in c["arms"]:
+        click.echo(
+            f"    {a['arm']}: randomised {a['randomised']}, withdrew {a['withdrawn']}, "
+            f"analysed {a['analysed']}, lost {a['lost_to_follow_up']}, not yet due "
+            f"{a['not_yet_due']} ({c['primary_outcome']})"
+        )
+    for p in s["progression"]:
+        value = "-" if p["value"] is None else f"{p['value']:.3g}"
+        click.echo(
+            f"  progression: {p['label']}: {value} -> {p['rating'].upper()} "
+            f"({p['words']}; green >= {p['green']:g}, amber >= {p['amber']:g})"
+        )
+    if s["followup"]:
+        click.echo("  follow-up: " + ", ".join(f"{k} {v}" for k, v in s["followup"].items()))
+    for n in s["notes"]:
+        click.echo(f"  note {n['date']}: {n['text']}")
     click.echo(f"  log head: entry {s['log_entries']}, sha256 {s['log_head']}")
+
+
+@cli.group()
+def outcomes() -> None:
+    """Outcome data from the agencies (DWP, council, NHS, provider, survey)."""
+
+
+@outcomes.command("import")
+@click.argument("pilot")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--source",
+    required=True,
+    type=click.Choice(["DWP", "council", "NHS", "provider", "survey"]),
+    help="The agency the file comes from.",
+)
+@click.option("--id-column", default=None, help="Identifier column (default: the protocol's).")
+@click.option(
+    "--map",
+    "mapping",
+    multiple=True,
+    metavar="OUTCOME:FIELD=COLUMN",
+    help="Column mapping on top of the protocol's (FIELD: value, date, start, end).",
+)
+@click.option("--as-of", default=None, help="Extract date: data complete up to (default today).")
+@click.option("--correct", is_flag=True, help="Accept changed values as corrections.")
+@click.option("--reason", default=None, help="Why the values are corrected (with --correct).")
+@click.option("--by", default=None, help="Who imports (default: EVALKIT_USER or login).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_app
+def outcomes_import(
+    app: App,
+    pilot: str,
+    file: Path,
+    source: str,
+    id_column: str | None,
+    mapping: tuple[str, ...],
+    as_of: str | None,
+    correct: bool,
+    reason: str | None,
+    by: str | None,
+    as_json: bool,
+) -> None:
+    """Import an agency's outcome file (CSV or Excel): every row checked, then all or none.
+
+    Importing the same file again changes nothing; a changed value is refused unless
+    given with --correct --reason, and then kept as a new version beside the old one.
+    Example: evalkit outcomes import hackney-keyworker dwp-2028-04.csv --source DWP
+    --as-of 2028-04-01
+    """
+    from datetime import date
+
+    from evalkit.clock import utc_now
+    from evalkit.enrolment import BatchRejected
+    from evalkit.outcome_import import import_outcomes
+
+    p = _pilot(app, pilot)
+    today = date.fromisoformat(_today())
+    try:
+        extract = date.fromisoformat(as_of) if as_of else today
+    except ValueError:
+        raise UserError(f"--as-of {as_of!r} is not a date", "write YYYY-MM-DD") from None
+    try:
+        res = import_outcomes(
+            app.store(),
+            p,
+            file,
+            source,
+            id_column,
+            list(mapping),
+            correct,
+            reason,
+            extract,
+            today,
+            utc_now(),
+            by or _user(),
+        )
+    except BatchRejected as exc:
+        _fail(
+            [f"error: {exc.message}"]
+            + [f"  {file}: {prob}" for prob in exc.problems]
+            + [f"  hint: {exc.hint}"]
+        )
+    if as_json:
+        _emit(res.__dict__)
+        return
+    if res.import_id is None:
+        click.echo(
+            f"{pilot}: {file} brings nothing new ({res.unchanged} records already "
+            "stored, unchanged); nothing was written"
+        )
+        return
+    click.echo(
+        f"{pilot}: imported {file} from {source} as import {res.import_id}: "
+        f"{res.new} new records, {res.corrected} corrections, {res.unchanged} unchanged"
+    )
+
+
+@cli.command()
+@click.argument("pilot")
+@click.option(
+    "--what",
+    type=click.Choice(["analysis", "allocations", "outcomes"]),
+    default="analysis",
+    show_default=True,
+    help="Which table.",
+)
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="CSV file to write.")
+@pass_app
+def export(app: App, pilot: str, what: str, out: Path | None) -> None:
+    """Write a pseudonymised table as CSV: the analysis data set (one row per randomised
+    person), the allocation log, or every outcome record with its versions.
+
+    Example: evalkit export hackney-keyworker --what analysis --out analysis.csv
+    """
+    from datetime import date
+
+    from evalkit.exports import export_table
+
+    text = export_table(
+        app.store(),
+        app.keyring(),
+        app.workspace.protocol_path(pilot),
+        pilot,
+        what,
+        date.fromisoformat(_today()),
+    )
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        out.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {out}")
+
+
+@cli.command()
+@click.argument("pilot")
+@click.option("--within", default=30, show_default=True, help="Days ahead to include.")
+@click.option("--as-of", default=None, help="Date to list for (default today).")
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+@pass_app
+def followup(app: App, pilot: str, within: int, as_of: str | None, as_json: bool) -> None:
+    """List follow-up measurements due now, due soon or overdue, person by person.
+
+    Example: evalkit followup hackney-keyworker --within 14
+    """
+    from datetime import date
+
+    from evalkit.registration import require_registered
+    from evalkit.tracking import followup as due_list
+    from evalkit.tracking import track
+
+    rp = require_registered(
+        app.store(), app.workspace.protocol_path(pilot), pilot, exploratory=True
+    )
+    today = date.fromisoformat(as_of or _today())
+    items = due_list(
+        rp.protocol, track(app.store(), rp.protocol, today).dataset.rows, today, within
+    )
+    if as_json:
+        _emit(items)
+        return
+    if not items:
+        click.echo(f"{pilot}: nothing due within {within} days and nothing overdue")
+        return
+    for i in items:
+        ref = f" (ref {i['ref']})" if "ref" in i else ""
+        click.echo(
+            f"{i['state']:>9}  {i['outcome']:<24} due {i['due']} "
+            f"(window {i['window_opens']} to {i['window_closes']})  {i['unit']}{ref}"
+        )
+    click.echo(f"{len(items)} follow-ups listed")
+
+
+@cli.command()
+@click.argument("pilot")
+@click.argument("text")
+@click.option("--date", "on", default=None, help="When it happened (default today).")
+@click.option("--by", default=None, help="Who records it.")
+@pass_app
+def note(app: App, pilot: str, text: str, on: str | None, by: str | None) -> None:
+    """Record a context event that may affect the results (it appears in the reports).
+
+    Example: evalkit note hackney-keyworker --date 2027-10-01 "Work Programme contract ended"
+    """
+    from evalkit.clock import utc_now
+    from evalkit.enrolment import record_event
+
+    if not text.strip():
+        raise UserError("a note needs some text")
+    p = _pilot(app, pilot)
+    res = record_event(
+        app.store(), p, None, "note", utc_now(), by or _user(), on or _today(), text.strip()
+    )
+    click.echo(f"{pilot}: note recorded as log entry {res.head[0]}")
 
 
 @cli.command()

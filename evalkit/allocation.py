@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Any
 from typing import Protocol as Interface
@@ -159,6 +159,16 @@ class Referral:
     values: dict[str, Any]
     reasons: list[str] = field(default_factory=list)
     joined: str | None = None  # date a person joined (place designs) or was randomised
+    ref: str | None = None  # the evaluator's own reference, where the protocol allows one
+
+
+def with_refs(entries: list[Entry], referrals: list[Referral]) -> list[Entry]:
+    """Add each referral's evaluator reference to its new entry's detail."""
+    refs = {r.unit: r.ref for r in referrals if r.ref}
+    return [
+        replace(e, detail={**e.detail, "ref": refs[e.unit]}) if e.unit in refs else e
+        for e in entries
+    ]
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,14 +67,31 @@ class Outcome:
     rows: list[tuple[int | None, Entry, bool]] = field(default_factory=list)  # file order
 
 
+def _check_ref(pilot: Pilot, ref: str | None) -> None:
+    if ref and not pilot.protocol.data_protection.evaluator_reference:
+        raise UserError(
+            "this protocol does not allow evaluators' own references",
+            "set data_protection.evaluator_reference: true (an amendment)",
+        )
+
+
 def enrol(
-    store: Store, pilot: Pilot, raw_id: str, raw_values: dict[str, Any], now: str, by: str, on: str
+    store: Store,
+    pilot: Pilot,
+    raw_id: str,
+    raw_values: dict[str, Any],
+    now: str,
+    by: str,
+    on: str,
+    ref: str | None = None,
 ) -> Outcome:
     """One referral: its existing record if already enrolled, else an exclusion (with the
     rules' reasons) or an allocation, written with the head moved in one transaction."""
+    _check_ref(pilot, ref)
     refs, problems = AL.check_referrals(
         pilot.protocol, pilot.secret, [(None, raw_id, raw_values)], on
     )
+    refs = [replace(r, ref=ref) for r in refs]
     if problems:
         raise UserError(
             "cannot enrol: " + "; ".join(str(p) for p in problems),
@@ -86,7 +103,8 @@ def enrol(
         if existing is not None:
             return Outcome([], [existing], tx.head())
         entry = AL.exclusion(ctx, refs[0]) if refs[0].reasons else AL.decide(ctx, tx, refs[0])
-        sealed = chain([entry], pilot.protocol.id, pilot.registration_hash, tx.head())
+        entries = AL.with_refs([entry], refs)
+        sealed = chain(entries, pilot.protocol.id, pilot.registration_hash, tx.head())
         head = tx.append(sealed)
     return Outcome(sealed, [], head)
 
@@ -135,12 +153,12 @@ def read_table(path: Path) -> list[tuple[int, dict[str, Any]]]:
 
 
 class BatchRejected(UserError):
-    """A batch with problems: nothing was allocated; every problem is listed."""
+    """A file with problems: nothing was written; every problem is listed."""
 
-    def __init__(self, file: Path, problems: list[AL.RowProblem]):
+    def __init__(self, file: Path, problems: list[AL.RowProblem], done: str = "allocated"):
         n = len(problems)
         super().__init__(
-            f"{file}: {n} problem{'s' if n != 1 else ''}; nothing was allocated",
+            f"{file}: {n} problem{'s' if n != 1 else ''}; nothing was {done}",
             "correct the rows named and run the same command again",
         )
         self.problems = problems
@@ -172,9 +190,21 @@ def allocate_file(
                 "later lists are people, with an 'id' column and their place",
             )
         _require_column(file, rows, id_column)
+        has_ref = bool(rows) and "ref" in rows[0][1]
+        if has_ref:
+            _check_ref(pilot, "ref")
         refs, problems = AL.check_referrals(
-            p, pilot.secret, [(i, r.get(id_column), _without(r, id_column)) for i, r in rows], on
+            p,
+            pilot.secret,
+            [(i, r.get(id_column), _without(_without(r, id_column), "ref")) for i, r in rows],
+            on,
         )
+        if has_ref:
+            by_row = {i: r.get("ref") for i, r in rows}
+            refs = [
+                replace(x, ref=str(by_row[x.row]).strip() or None) if by_row.get(x.row) else x
+                for x in refs
+            ]
     if problems:
         raise BatchRejected(file, problems)
     ctx = pilot.context(now, by)
@@ -185,7 +215,7 @@ def allocate_file(
         else:
             known = tx.units("participant", [r.unit for r in refs])
             existing = [known[r.unit] for r in refs if r.unit in known]
-            entries = AL.allocate_batch(ctx, tx, refs)
+            entries = AL.with_refs(AL.allocate_batch(ctx, tx, refs), refs)
         sealed = chain(entries, p.id, pilot.registration_hash, tx.head())
         head = tx.append(sealed)
     new = {e.unit: e for e in sealed}
@@ -257,7 +287,7 @@ def record_event(
                     "no allocation for that id in this pilot",
                     "check the id; events are recorded for allocated people",
                 )
-        elif kind != "unblinded":
+        elif kind not in {"unblinded", "note"}:
             raise UserError(f"a {kind} event needs --unit-id")
         entry = AL.event(ctx, unit, kind, on, reason)
         sealed = chain([entry], pilot.protocol.id, pilot.registration_hash, tx.head())

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from evalkit.canonical import canonical_json
 
 Kind = Literal["allocation", "exclusion", "event"]
-EVENTS = ("withdrawn", "did_not_start", "started", "unblinded")
+EVENTS = ("withdrawn", "did_not_start", "started", "unblinded", "note")
 
 
 def _hash(body: dict[str, Any]) -> str:

@@ -203,6 +203,31 @@ class Window(Strict):
     tolerance_weeks: int = Field(0, ge=0, description="Accepted either side of the due date.")
 
 
+class FromMeasurement(Strict):
+    """A value recorded at follow-up (a survey score, a status on a date)."""
+
+    source_kind: Literal["measurement"] = Field("measurement", alias="from")
+
+
+class FromSpells(Strict):
+    """Binary: in paid work for at least ``min_weeks`` (cumulative) within the window,
+    from employment spells with start and end dates. 0 means any day in work."""
+
+    source_kind: Literal["spells"] = Field(alias="from")
+    min_weeks: float = Field(13, ge=0)
+
+
+class FromEvents(Strict):
+    """Dated events: binary outcomes are 'any event in the window', counts the number."""
+
+    source_kind: Literal["events"] = Field(alias="from")
+
+
+Derivation = Annotated[
+    FromMeasurement | FromSpells | FromEvents, Field(discriminator="source_kind")
+]
+
+
 class Outcome(Strict):
     name: str = Field(pattern=NAME)
     primary: bool = False
@@ -215,6 +240,10 @@ class Outcome(Strict):
     minimal_important_difference: float = Field(gt=0)
     min: float | None = None
     max: float | None = None
+    derive: Derivation = Field(
+        default_factory=FromMeasurement,
+        description="How the outcome is worked out from imported records.",
+    )
 
 
 # --- analysis plan -------------------------------------------------------------------
@@ -257,6 +286,25 @@ class AnalysisPlan(Strict):
     multiplicity: Literal["holm", "bonferroni", "hochberg", "fdr_bh", "none"] = "holm"
     subgroups: list[str] = Field(default_factory=list)
     prior: Prior = Field(default_factory=Prior)
+
+
+# --- outcome imports ------------------------------------------------------------------
+
+
+class ColumnMap(Strict):
+    """Which columns of an agency's file hold one outcome's records."""
+
+    outcome: str
+    value: str | None = Field(None, description="Column with the value (measurements).")
+    date: str | None = Field(None, description="Column with the date measured or of the event.")
+    start: str | None = Field(None, description="Column with a spell's start date.")
+    end: str | None = Field(None, description="Column with a spell's end date (blank: open).")
+
+
+class ImportSource(Strict):
+    source: Agency
+    id_column: str = "id"
+    columns: list[ColumnMap] = Field(min_length=1)
 
 
 # --- planning, progression, costs ----------------------------------------------------
@@ -351,6 +399,9 @@ class Protocol(Strict):
     costs: Costs = Field(default_factory=Costs)
     reporting: Reporting
     data_protection: DataProtection
+    imports: list[ImportSource] = Field(
+        default_factory=list, description="Column mappings of each agency's outcome files."
+    )
 
     @property
     def primary(self) -> Outcome:
@@ -666,6 +717,54 @@ def consistency_problems(p: Protocol) -> list[Problem]:
         if o.name in person:
             out.append(Problem(("outcomes", i, "name"), f"{o.name!r} is also a baseline field"))
 
+    for i, o in enumerate(p.outcomes):
+        kind = o.derive.source_kind
+        if kind == "spells" and o.type != "binary":
+            out.append(
+                Problem(
+                    ("outcomes", i, "derive"),
+                    f"employment spells give a binary outcome; {o.name!r} is {o.type}",
+                )
+            )
+        if kind == "events" and o.type == "continuous":
+            out.append(
+                Problem(
+                    ("outcomes", i, "derive"),
+                    f"events give a binary or count outcome; {o.name!r} is continuous",
+                )
+            )
+    by_name = {o.name: o for o in p.outcomes}
+    for i in _duplicates([s.source for s in p.imports]):
+        out.append(Problem(("imports", i, "source"), f"{p.imports[i].source} is mapped twice"))
+    for i, src in enumerate(p.imports):
+        for j, c in enumerate(src.columns):
+            path = ("imports", i, "columns", j)
+            o = by_name.get(c.outcome)
+            if o is None:
+                out.append(
+                    Problem(
+                        (*path, "outcome"),
+                        f"{c.outcome!r} is not a declared outcome",
+                        f"outcomes: {', '.join(by_name)}",
+                    )
+                )
+                continue
+            if o.source != src.source:
+                out.append(
+                    Problem(
+                        (*path, "outcome"), f"{c.outcome!r} comes from {o.source}, not {src.source}"
+                    )
+                )
+            need = {"spells": ["start"], "events": ["date"], "measurement": ["value", "date"]}[
+                o.derive.source_kind
+            ]
+            for key in need:
+                if getattr(c, key) is None:
+                    out.append(
+                        Problem(
+                            path, f"{c.outcome!r} ({o.derive.source_kind}) needs the '{key}' column"
+                        )
+                    )
     a = p.analysis
     if a.estimand == "CACE" and not a.compliance:
         out.append(

@@ -237,7 +237,7 @@ def _data_path(data: Any, loc: tuple) -> Path_:
             if elem in node:
                 node = node[elem]
                 path.append(elem)
-            elif elem != node.get("method"):  # the method is a union tag, not a key
+            elif elem not in (node.get("method"), node.get("from")):  # union tags, not keys
                 path.append(elem)
                 break
         elif isinstance(node, list) and isinstance(elem, int) and 0 <= elem < len(node):
@@ -269,7 +269,7 @@ def _pydantic_issues(exc: ValidationError, located: Located, file: str) -> list[
             key = path[-1]
             line, col = located.where(path, at_key=True)
             model = _model_at(located.data, path[:-1])
-            allowed = sorted(model.model_fields) if model else []
+            allowed = sorted(f.alias or n for n, f in model.model_fields.items()) if model else []
             close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
             hint = (
                 f"did you mean {close[0]!r}?"
@@ -297,20 +297,21 @@ def _pydantic_issues(exc: ValidationError, located: Located, file: str) -> list[
                 "see protocols/schema.json or a template from 'evalkit init'",
             )
         elif kind == "union_tag_invalid":
-            line, col = located.where((*path, "method"))
+            tag = str(err.get("ctx", {}).get("discriminator", "method")).strip("'")
+            line, col = located.where((*path, tag))
             expected = err.get("ctx", {}).get("expected_tags", "")
             issue = Issue(
                 file,
                 line,
                 col,
-                f"{_dotted(path)}: unknown method {err['input'].get('method')!r}",
+                f"{_dotted(path)}: unknown {tag} {err['input'].get(tag)!r}",
                 f"use one of {expected}",
             )
         elif kind == "union_tag_not_found":
             line, col = located.where(path)
-            issue = Issue(
-                file, line, col, f"{_dotted(path)} needs a 'method'", "e.g. method: blocked"
-            )
+            tag = str(err.get("ctx", {}).get("discriminator", "method")).strip("'")
+            example = "from: spells" if tag == "from" else "method: blocked"
+            issue = Issue(file, line, col, f"{_dotted(path)} needs a '{tag}'", f"e.g. {example}")
         elif kind == "literal_error":
             line, col = located.where(path)
             issue = Issue(

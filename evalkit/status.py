@@ -5,6 +5,7 @@ not recorded its unblinding."""
 from __future__ import annotations
 
 from collections import Counter
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,9 @@ def summarise(entries: list[Entry], labels: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def pilot_status(store: Store, keys: KeyRing, path: Path, pilot: str) -> dict[str, Any]:
+def pilot_status(
+    store: Store, keys: KeyRing, path: Path, pilot: str, today: date | None = None
+) -> dict[str, Any]:
     rp = require_registered(store, path, pilot, exploratory=True)
     record = rp.pilot
     if record is None:
@@ -69,9 +72,23 @@ def pilot_status(store: Store, keys: KeyRing, path: Path, pilot: str) -> dict[st
     if blinded:
         secret = keys.load(record.id, record.uid, record.secret_commitment)
         labels = neutral_labels([a.name for a in rp.protocol.arms], secret)
+    from evalkit.tracking import followup, notes, recruitment_by_month, track
+
+    t = track(store, rp.protocol, today or date.today(), labels)
+    due = followup(rp.protocol, t.dataset.rows, today or date.today())
     return {
         "pilot": pilot,
         "title": rp.protocol.title,
+        "amendments": [
+            {"version": v.number, "reason": v.reason, "at": v.registered_at} for v in versions[1:]
+        ],
+        "recruitment_by_month": recruitment_by_month(t.dataset.rows),
+        "target_units": rp.protocol.sample_size.target_units,
+        "consort": t.consort,
+        "progression": t.progression,
+        "followup": dict(Counter(d["state"] for d in due)),
+        "notes": notes(entries),
+        "data_vintage": t.dataset.vintage,
         "versions": len(versions),
         "registered_version": versions[-1].number,
         "registered_hash": versions[-1].hash,

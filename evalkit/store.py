@@ -22,6 +22,7 @@ from sqlalchemy import (
     Column,
     Connection,
     Engine,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -43,7 +44,7 @@ from evalkit.canonical import canonical_json
 from evalkit.errors import UserError
 from evalkit.ledger import Entry
 
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0003"
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 metadata = MetaData()
@@ -105,6 +106,142 @@ log = Table(
     UniqueConstraint("pilot_id", "unit_key", name="uq_log_unit"),
     Index("ix_log_stratum", "pilot_id", "kind", "stratum"),
 )
+
+imports = Table(
+    "imports",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("pilot_id", String(64), ForeignKey("pilots.id"), nullable=False),
+    Column("source", String(32), nullable=False),
+    Column("file_name", String(512), nullable=False),
+    Column("file_sha256", String(64), nullable=False),
+    Column("rows", Integer, nullable=False),
+    Column("outcomes", Text, nullable=False),
+    Column("as_of", String(10), nullable=False),
+    Column("imported_at", String(32), nullable=False),
+    Column("imported_by", String(128), nullable=False),
+    Column("correction_reason", Text),
+)
+
+observations = Table(
+    "observations",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("pilot_id", String(64), ForeignKey("pilots.id"), nullable=False),
+    Column("unit", String(128), nullable=False),
+    Column("outcome", String(64), nullable=False),
+    Column("obs_key", String(32), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("value", Float),
+    Column("start_date", String(10)),
+    Column("end_date", String(10)),
+    Column("on_date", String(10)),
+    Column("version", Integer, nullable=False),
+    Column("import_id", Integer, ForeignKey("imports.id"), nullable=False),
+    UniqueConstraint(
+        "pilot_id", "unit", "outcome", "obs_key", "version", name="uq_observation_version"
+    ),
+    Index("ix_observations_pilot", "pilot_id", "outcome"),
+)
+
+
+@dataclass(frozen=True)
+class ImportRecord:
+    """One file imported from one agency: the data vintage of every record it brought."""
+
+    pilot_id: str
+    source: str
+    file_name: str
+    file_sha256: str
+    rows: int
+    outcomes: str  # JSON list of outcome names the file carried
+    as_of: str  # the extract date: the data are complete up to this day
+    imported_at: str
+    imported_by: str
+    correction_reason: str | None = None
+    id: int | None = None
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One outcome record of one unit; a correction is a new version, never an edit."""
+
+    pilot_id: str
+    unit: str
+    outcome: str
+    obs_key: str  # what identifies the record: a measurement's or event's date, a spell's start
+    kind: str  # measurement, spell or event
+    value: float | None
+    start_date: str | None
+    end_date: str | None
+    on_date: str | None
+    version: int = 1
+    import_id: int | None = None
+
+    def same_content(self, other: Observation) -> bool:
+        return (self.value, self.start_date, self.end_date, self.on_date) == (
+            other.value,
+            other.start_date,
+            other.end_date,
+            other.on_date,
+        )
+
+
+class OutcomeTx:
+    """A pilot's outcome records inside its write lock."""
+
+    def __init__(self, conn: Connection, pilot_id: str):
+        self.conn = conn
+        self.pilot_id = pilot_id
+
+    def latest(self) -> dict[tuple[str, str, str], Observation]:
+        return latest_observations(self.conn, self.pilot_id)
+
+    def add(self, record: ImportRecord, rows: list[Observation]) -> int:
+        values = {k: v for k, v in record.__dict__.items() if k != "id"}
+        import_id = self.conn.execute(imports.insert().values(**values)).inserted_primary_key[0]
+        if rows:
+            bulk_insert(
+                self.conn, "observations", [{**r.__dict__, "import_id": import_id} for r in rows]
+            )
+        return int(import_id)
+
+
+def bulk_insert(conn: Connection, table: str, rows: list[dict[str, Any]]) -> None:
+    """Insert many rows inside the current transaction by the fastest route each driver
+    offers: sqlite3's executemany, PostgreSQL's COPY."""
+    if not rows:
+        return
+    columns = list(rows[0])
+    if conn.dialect.name == "sqlite":
+        marks = ", ".join("?" for _ in columns)
+        conn.exec_driver_sql(
+            f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})",
+            [tuple(r[c] for c in columns) for r in rows],
+        )
+        return
+    cursor = conn.connection.cursor()
+    try:
+        with cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+            for r in rows:
+                copy.write_row(tuple(r[c] for c in columns))
+    finally:
+        cursor.close()
+
+
+def latest_observations(conn: Connection, pilot_id: str) -> dict[tuple[str, str, str], Observation]:
+    """The newest version of every record, keyed by (unit, outcome, record key)."""
+    q = (
+        select(*[c for c in observations.c if c.name != "id"])
+        .where(observations.c.pilot_id == pilot_id)
+        .order_by(observations.c.version)
+    )
+    out: dict[tuple[str, str, str], Observation] = {}
+    for row in conn.execute(q).mappings():
+        o = Observation(**row)
+        out[(o.unit, o.outcome, o.obs_key)] = o
+    return out
+
 
 _JSON_COLUMNS = ("probabilities", "detail", "baseline")
 
@@ -280,6 +417,41 @@ class Store:
         with self.read() as conn:
             return LogTx(conn, pilot_id).entries()
 
+    @contextmanager
+    def outcome_tx(self, pilot_id: str) -> Iterator[OutcomeTx]:
+        with self.write(f"pilot:{pilot_id}") as conn:
+            yield OutcomeTx(conn, pilot_id)
+
+    def observations(self, pilot_id: str, every_version: bool = False) -> list[Observation]:
+        with self.read() as conn:
+            if not every_version:
+                return list(latest_observations(conn, pilot_id).values())
+            q = (
+                select(*[c for c in observations.c if c.name != "id"])
+                .where(observations.c.pilot_id == pilot_id)
+                .order_by(
+                    observations.c.unit,
+                    observations.c.outcome,
+                    observations.c.obs_key,
+                    observations.c.version,
+                )
+            )
+            return [Observation(**r) for r in conn.execute(q).mappings()]
+
+    def imports(self, pilot_id: str) -> list[ImportRecord]:
+        with self.read() as conn:
+            q = select(imports).where(imports.c.pilot_id == pilot_id).order_by(imports.c.id)
+            return [ImportRecord(**r) for r in conn.execute(q).mappings()]
+
+    def randomisation_dates(self, pilot_id: str) -> dict[str, str]:
+        """Each randomised person's pseudonym and randomisation (or joining) date, read
+        without decoding whole log entries."""
+        q = select(log.c.unit, log.c.detail, log.c.created_at).where(
+            log.c.pilot_id == pilot_id, log.c.kind == "allocation", log.c.level == "participant"
+        )
+        with self.read() as conn:
+            return {u: json.loads(d).get("on") or c[:10] for u, d, c in conn.execute(q)}
+
     def count_allocations(self, pilot_id: str, level: str = "participant") -> int:
         with self.read() as conn:
             return LogTx(conn, pilot_id).count(level=level)
@@ -406,20 +578,7 @@ class LogTx:
         count, head = self.head()
         if entries[0].seq != count + 1 or (head is not None and entries[0].prev_hash != head):
             raise RuntimeError("entries do not follow the log head")  # a bug, not user error
-        rows = _entry_rows(entries)
-        columns = list(rows[0])
-        if self.conn.dialect.name == "sqlite":  # the driver's own executemany is faster
-            marks = ", ".join("?" for _ in columns)
-            self.conn.exec_driver_sql(
-                f"INSERT INTO log ({', '.join(columns)}) VALUES ({marks})",
-                [tuple(r[c] for c in columns) for r in rows],
-            )
-        else:  # PostgreSQL: COPY, in the same transaction as everything else
-            cursor = self.conn.connection.cursor()
-            with cursor.copy(f"COPY log ({', '.join(columns)}) FROM STDIN") as copy:
-                for r in rows:
-                    copy.write_row(tuple(r[c] for c in columns))
-            cursor.close()
+        bulk_insert(self.conn, "log", _entry_rows(entries))
         new_head = (entries[-1].seq, entries[-1].entry_hash)
         self.conn.execute(
             pilots.update()

@@ -8,6 +8,7 @@ No real resident's data is used or imitated row by row.
 
 from __future__ import annotations
 
+from datetime import date, timedelta
 from typing import Any
 
 import numpy as np
@@ -16,8 +17,12 @@ from evalkit.protocol import Protocol
 
 BENEFIT_MIX = {"ESA": 0.6, "UC": 0.3, "JSA": 0.1}
 ROUTE_MIX = {"JCP": 0.4, "GP": 0.2, "IAPT": 0.15, "self": 0.1, "VCS": 0.15}
-HOUSING_MIX = {"council": 14 / 24, "housing_association": 7 / 24, "private_rented": 2 / 24,
-               "owner": 1 / 24}
+HOUSING_MIX = {
+    "council": 14 / 24,
+    "housing_association": 7 / 24,
+    "private_rented": 2 / 24,
+    "owner": 1 / 24,
+}
 
 
 def _pick(rng: np.random.Generator, mix: dict[str, float], allowed: list[str]) -> str:
@@ -26,8 +31,9 @@ def _pick(rng: np.random.Generator, mix: dict[str, float], allowed: list[str]) -
     return str(names[int(rng.choice(len(names), p=p / p.sum()))])
 
 
-def referral_values(protocol: Protocol, rng: np.random.Generator,
-                    eligible_share: float = 0.9) -> dict[str, Any]:
+def referral_values(
+    protocol: Protocol, rng: np.random.Generator, eligible_share: float = 0.9
+) -> dict[str, Any]:
     """One synthetic referral's baseline values, as text (as a form or CSV would give
     them). About ``1 - eligible_share`` are out of work for less than 24 months."""
     out: dict[str, Any] = {}
@@ -71,13 +77,17 @@ def place_values(protocol: Protocol, rng: np.random.Generator) -> list[dict[str,
             if f.name == "imd_score":
                 row[f.name] = round(imd, 1)
             elif f.name == "claimant_rate":
-                row[f.name] = round(float(np.clip(0.04 + imd / 400 + rng.normal(0, 0.015),
-                                                  0.03, 0.3)), 3)
+                row[f.name] = round(
+                    float(np.clip(0.04 + imd / 400 + rng.normal(0, 0.015), 0.03, 0.3)), 3
+                )
             elif f.name == "mh_claimant_share":
                 row[f.name] = round(float(np.clip(rng.normal(0.48, 0.05), 0.3, 0.7)), 2)
             elif f.type == "category":
-                row[f.name] = ("higher" if imd >= 38 else "lower") if "higher" in (
-                    f.levels or []) else str(rng.choice(f.levels or [""]))
+                row[f.name] = (
+                    ("higher" if imd >= 38 else "lower")
+                    if "higher" in (f.levels or [])
+                    else str(rng.choice(f.levels or [""]))
+                )
             elif f.type == "integer":
                 row[f.name] = int(rng.integers(int(f.min or 100), int(f.max or 2000) + 1))
             elif f.type == "boolean":
@@ -93,3 +103,79 @@ def _text(v: Any) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
     return str(v)
+
+
+def outcome_files(
+    protocol: Protocol, people: list[tuple[str, bool, date]], rng: np.random.Generator, as_of: date
+) -> dict[str, list[dict[str, str]]]:
+    """One synthetic file per agency in the protocol's import mapping, for people given as
+    (raw id, treated, randomisation date): job spells, dated events and follow-up
+    measurements, with a modest true benefit of treatment and some missing surveys."""
+    files: dict[str, list[dict[str, str]]] = {}
+    outcomes = {o.name: o for o in protocol.outcomes}
+    for src in protocol.imports:
+        cols = [src.id_column] + [
+            c for m in src.columns for c in (m.value, m.date, m.start, m.end) if c
+        ]
+        rows: list[dict[str, str]] = []
+        for m in src.columns:
+            o = outcomes[m.outcome]
+            for raw_id, treated, start in people:
+                for rec in _records(protocol, o, treated, start, rng, as_of):
+                    row = dict.fromkeys(cols, "")
+                    row[src.id_column] = raw_id
+                    for key, value in rec.items():
+                        column = getattr(m, key)
+                        if column:
+                            row[column] = value
+                    rows.append(row)
+        files[src.source] = rows
+    return files
+
+
+def _records(
+    protocol: Protocol, o, treated: bool, start: date, rng: np.random.Generator, as_of: date
+) -> list[dict[str, str]]:
+    from evalkit.derivation import add_months
+
+    due = add_months(start, o.window.months)
+    kind = o.derive.source_kind
+    lift = 1.0 if treated else 0.0
+    if kind == "spells":
+        base = protocol.sample_size.baseline_rate or 0.12
+        effect = protocol.sample_size.expected_effect if o.primary else 0.04
+        out = []
+        if rng.random() < base + lift * effect:
+            first = start + timedelta(days=int(rng.integers(0, max(30, (due - start).days // 2))))
+            out.append((first, first + timedelta(weeks=int(rng.integers(14, 45)))))
+        elif rng.random() < 0.25:
+            first = start + timedelta(days=int(rng.integers(-60, (due - start).days)))
+            out.append((first, first + timedelta(weeks=int(rng.integers(1, 9)))))
+        return [
+            {"start": a.isoformat(), "end": "" if b > as_of else b.isoformat()}
+            for a, b in out
+            if a <= as_of
+        ]
+    if kind == "events":
+        span = max((due - start).days, 1)
+        if o.type == "count":
+            n = int(rng.poisson(max(0.2, 1.2 - 0.4 * lift)))
+        else:
+            n = int(rng.random() < 0.3 + 0.12 * lift)
+        days = sorted(int(d) for d in rng.integers(0, span, size=n))
+        return [
+            {"date": (start + timedelta(days=d)).isoformat()}
+            for d in days
+            if start + timedelta(days=d) <= as_of
+        ]
+    if due > as_of or rng.random() < 0.22:  # not yet due, or the survey was not returned
+        return []
+    when = due + timedelta(days=int(rng.integers(-10, 11)))
+    if when > as_of:
+        return []
+    if o.type == "binary":
+        value = str(int(rng.random() < 0.08 + 0.04 * lift))
+    else:
+        low, high = o.min if o.min is not None else 0.0, o.max if o.max is not None else 1e9
+        value = f"{float(np.clip(rng.normal(44 + 2.5 * lift, 8), low, high)):.0f}"
+    return [{"value": value, "date": when.isoformat()}]

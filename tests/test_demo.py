@@ -15,7 +15,8 @@ def test_demo_runs_every_built_step_and_every_log_verifies(tmp_path):
     res = CliRunner().invoke(cli, ["demo", "--dir", str(target)], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     assert "synthetic" in res.output
-    assert "5. Verify every allocation log" in res.output
+    assert "5. Import outcomes from each agency's file" in res.output
+    assert "6. Verify every allocation log" in res.output
     store = Store.open(f"sqlite:///{target / 'evalkit.db'}")
     try:
         assert store.pilot_ids() == ["demo-estates", "demo-front-door", "demo-keyworker"]
@@ -42,3 +43,30 @@ def test_demo_place_pilots_allocate_places_then_people(tmp_path, pilot):
     people = [e for e in entries if e.level == "participant" and e.kind == "allocation"]
     assert places and people
     assert entries.index(places[-1]) < entries.index(people[0])
+
+
+def test_consort_adds_up_on_every_demo_pilot(tmp_path):
+    from datetime import date
+
+    from evalkit.consort import check
+    from evalkit.protocol_file import load_protocol
+    from evalkit.tracking import track
+
+    target = tmp_path / "demo"
+    CliRunner().invoke(cli, ["demo", "--dir", str(target)], catch_exceptions=False)
+    store = Store.open(f"sqlite:///{target / 'evalkit.db'}")
+    try:
+        for pilot in store.pilot_ids():
+            protocol, _ = load_protocol(target / "protocols" / f"{pilot}.yaml")
+            c = track(store, protocol, date.today()).consort
+            check(c)  # raises if any box does not add up
+            excluded = [e for e in store.log_entries(pilot) if e.kind == "exclusion"]
+            assert c["excluded"]["total"] == len(excluded) > 0
+            assert c["assessed"] == c["randomised"] + len(excluded)
+            assert sum(a["analysed"] for a in c["arms"]) > 0.9 * c["randomised"]
+            if protocol.unit.level == "place":
+                assert c["places_randomised"] == len(
+                    protocol.field(protocol.unit.place_field).levels
+                )
+    finally:
+        store.close()

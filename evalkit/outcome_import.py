@@ -1,0 +1,393 @@
+"""Importing outcome files from the agencies: every row checked first, then all rows or
+none; a file imported twice changes nothing; a changed value needs a stated correction and
+is kept as a new version beside the old one.
+
+:func:`plan_import` is pure (rows in, records and problems out); :func:`import_outcomes`
+wraps it with the file, the store and the pilot's key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, replace
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+from evalkit.allocation import RowProblem, pseudonymiser
+from evalkit.enrolment import BatchRejected, Pilot, read_table
+from evalkit.errors import UserError
+from evalkit.ledger import Entry
+from evalkit.protocol import ColumnMap, ImportSource, Outcome, Protocol
+from evalkit.store import ImportRecord, Observation, Store
+
+TRUE = {"1", "true", "yes", "y"}
+FALSE = {"0", "false", "no", "n"}
+
+
+@dataclass(frozen=True)
+class ImportPlan:
+    new: list[Observation]  # records to write (first versions and corrections)
+    unchanged: int
+    corrected: int
+    problems: list[RowProblem]
+
+
+def randomisation_dates(entries: list[Entry]) -> dict[str, date]:
+    """Each randomised person's pseudonym and randomisation (or joining) date."""
+    out = {}
+    for e in entries:
+        if e.kind == "allocation" and e.level == "participant" and e.unit:
+            out[e.unit] = date.fromisoformat(e.detail.get("on") or e.created_at[:10])
+    return out
+
+
+def resolve_mapping(
+    protocol: Protocol, source: str, id_column: str | None, overrides: list[str]
+) -> ImportSource:
+    """The protocol's mapping for the agency, with ``--map OUTCOME:FIELD=COLUMN`` and
+    ``--id-column`` from the command line on top."""
+    base = next((m for m in protocol.imports if m.source == source), None)
+    columns = {c.outcome: c for c in base.columns} if base else {}
+    for item in overrides:
+        left, sep, column = item.partition("=")
+        outcome, sep2, key = left.partition(":")
+        if not sep or not sep2 or key not in {"value", "date", "start", "end"} or not column:
+            raise UserError(
+                f"--map {item!r} is not OUTCOME:FIELD=COLUMN",
+                "FIELD is value, date, start or end, e.g. --map wellbeing:value=score",
+            )
+        current = columns.get(outcome) or ColumnMap(outcome=outcome)
+        columns[outcome] = current.model_copy(update={key: column})
+    if not columns:
+        raise UserError(
+            f"no column mapping for {source} files",
+            "declare one under 'imports' in the protocol, or give --map OUTCOME:FIELD=COLUMN",
+        )
+    return ImportSource(
+        source=source,
+        id_column=id_column or (base.id_column if base else "id"),
+        columns=list(columns.values()),
+    )
+
+
+def _blank(v: Any) -> bool:
+    return (
+        v is None
+        or (isinstance(v, float) and math.isnan(v))
+        or (isinstance(v, str) and not v.strip())
+    )
+
+
+def _date(v: Any) -> date:
+    if isinstance(v, datetime):
+        return v.date()
+    if isinstance(v, date):
+        return v
+    try:
+        return date.fromisoformat(str(v).strip())
+    except ValueError:
+        raise ValueError("is not a date (write YYYY-MM-DD)") from None
+
+
+def _value(o: Outcome, v: Any) -> float:
+    text = str(v).strip().lower() if not isinstance(v, bool | int | float) else v
+    if o.type == "binary":
+        if text is True or text in TRUE or text == 1:
+            return 1.0
+        if text is False or text in FALSE or text == 0:
+            return 0.0
+        raise ValueError("is not yes/no (write 1 or 0)")
+    try:
+        x = float(text)
+    except (TypeError, ValueError):
+        raise ValueError("is not a number") from None
+    if not math.isfinite(x):
+        raise ValueError("is not a finite number")
+    if o.type == "count" and (x < 0 or not x.is_integer()):
+        raise ValueError("is not a whole number of 0 or more")
+    if o.min is not None and x < o.min:
+        raise ValueError(f"is below the smallest allowed value {o.min:g}")
+    if o.max is not None and x > o.max:
+        raise ValueError(f"is above the largest allowed value {o.max:g}")
+    return x
+
+
+def plan_import(
+    protocol: Protocol,
+    mapping: ImportSource,
+    rows: list[tuple[int, dict]],
+    pseudonym_of,
+    randomised: dict[str, date],
+    latest: dict[tuple[str, str, str], Observation],
+    today: date,
+    correct: bool,
+) -> ImportPlan:
+    """Check every row against the protocol, the allocations and what is already stored."""
+    problems: list[RowProblem] = []
+    outcomes = {o.name: o for o in protocol.outcomes}
+    for c in mapping.columns:
+        if c.outcome not in outcomes:
+            problems.append(
+                RowProblem(
+                    None,
+                    c.outcome,
+                    None,
+                    f"is not an outcome of this protocol (outcomes: {', '.join(outcomes)})",
+                )
+            )
+        elif outcomes[c.outcome].source != mapping.source:
+            problems.append(
+                RowProblem(
+                    None,
+                    c.outcome,
+                    None,
+                    f"comes from {outcomes[c.outcome].source}, not {mapping.source}",
+                )
+            )
+    header = set(rows[0][1]) if rows else set()
+    for c in mapping.columns:
+        for key in ("value", "date", "start", "end"):
+            col = getattr(c, key)
+            if col is not None and rows and col not in header:
+                problems.append(
+                    RowProblem(
+                        None,
+                        col,
+                        None,
+                        f"is not a column of the file (needed for {c.outcome} {key})",
+                    )
+                )
+    if rows and mapping.id_column not in header:
+        problems.append(RowProblem(None, mapping.id_column, None, "is not a column of the file"))
+    if problems:
+        return ImportPlan([], 0, 0, problems)
+
+    seen: dict[tuple[str, str, str], tuple[int, Observation]] = {}
+    for row, values in rows:
+        raw_id = values.get(mapping.id_column)
+        if _blank(raw_id):
+            problems.append(RowProblem(row, mapping.id_column, None, "is missing"))
+            continue
+        unit = pseudonym_of(str(raw_id))
+        if unit not in randomised:
+            problems.append(
+                RowProblem(
+                    row,
+                    mapping.id_column,
+                    None,
+                    "is not a randomised person of this pilot (the id is not shown)",
+                )
+            )
+            continue
+        start = randomised[unit]
+        for c in mapping.columns:
+            o = outcomes[c.outcome]
+            obs = _record(protocol.id, unit, o, c, values, row, start, today, problems)
+            if obs is None:
+                continue
+            key = (unit, o.name, obs.obs_key)
+            if key in seen:
+                first_row, first = seen[key]
+                if not first.same_content(obs):
+                    problems.append(
+                        RowProblem(
+                            row,
+                            o.name,
+                            None,
+                            f"gives a different record "
+                            f"for the same person and date as row {first_row}",
+                        )
+                    )
+                continue
+            seen[key] = (row, obs)
+
+    new, unchanged, corrected = [], 0, 0
+    for key, (row, obs) in seen.items():
+        old = latest.get(key)
+        if old is None:
+            new.append(obs)
+        elif old.same_content(obs):
+            unchanged += 1
+        elif correct:
+            new.append(replace(obs, version=old.version + 1))
+            corrected += 1
+        else:
+            problems.append(
+                RowProblem(
+                    row,
+                    obs.outcome,
+                    _shown(obs),
+                    "differs from the "
+                    f"stored value {_shown(old)}; to change it, import "
+                    'with --correct --reason "..."',
+                )
+            )
+    problems.sort(key=lambda p: -1 if p.row is None else p.row)
+    return ImportPlan(new, unchanged, corrected, problems)
+
+
+def _shown(o: Observation) -> str:
+    if o.kind == "spell":
+        return f"{o.start_date} to {o.end_date or 'open'}"
+    return f"{o.value:g}" if o.value is not None else str(o.on_date)
+
+
+class _Bad(Exception):
+    """A cell that cannot be used; already reported."""
+
+
+def _cell(values: dict, column: str, row: int, parse, problems: list[RowProblem]):
+    try:
+        return parse(values[column])
+    except ValueError as exc:
+        problems.append(RowProblem(row, column, str(values[column]), str(exc)))
+        raise _Bad from None
+
+
+def _record(
+    pilot: str,
+    unit: str,
+    o: Outcome,
+    c: ColumnMap,
+    values: dict,
+    row: int,
+    randomised: date,
+    today: date,
+    problems: list[RowProblem],
+) -> Observation | None:
+    """The record one row gives for one outcome (None when the row has none for it)."""
+    kind = o.derive.source_kind
+
+    def dated(column: str, earliest: date | None) -> date:
+        d = _cell(values, column, row, _date, problems)
+        if d > today:
+            problems.append(RowProblem(row, column, d.isoformat(), "is in the future"))
+            raise _Bad
+        if earliest is not None and d < earliest:
+            problems.append(
+                RowProblem(
+                    row,
+                    column,
+                    d.isoformat(),
+                    f"is before the person's randomisation ({earliest.isoformat()})",
+                )
+            )
+            raise _Bad
+        return d
+
+    try:
+        if kind == "spells":
+            if c.start is None or _blank(values.get(c.start)):
+                return None
+            s = dated(c.start, None)  # spells may start before randomisation
+            e = None
+            if c.end is not None and not _blank(values.get(c.end)):
+                e = dated(c.end, None)
+                if e < s:
+                    problems.append(
+                        RowProblem(row, c.end, e.isoformat(), "is before the spell's start")
+                    )
+                    return None
+            return Observation(
+                pilot,
+                unit,
+                o.name,
+                s.isoformat(),
+                "spell",
+                None,
+                s.isoformat(),
+                e.isoformat() if e else None,
+                None,
+            )
+        has_value = c.value is not None and not _blank(values.get(c.value))
+        if c.date is None or _blank(values.get(c.date)):
+            if kind == "measurement" and has_value:
+                problems.append(
+                    RowProblem(row, c.date or "date", None, "is missing for a recorded value")
+                )
+            return None
+        d = dated(c.date, randomised)
+        if kind == "events":
+            return Observation(
+                pilot, unit, o.name, d.isoformat(), "event", None, None, None, d.isoformat()
+            )
+        if not has_value:
+            return None
+        value = _cell(values, c.value or "", row, lambda v: _value(o, v), problems)
+        return Observation(
+            pilot, unit, o.name, d.isoformat(), "measurement", value, None, None, d.isoformat()
+        )
+    except _Bad:
+        return None
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    import_id: int | None
+    rows: int
+    new: int
+    corrected: int
+    unchanged: int
+
+
+def import_outcomes(
+    store: Store,
+    pilot: Pilot,
+    file: Path,
+    source: str,
+    id_column: str | None,
+    overrides: list[str],
+    correct: bool,
+    reason: str | None,
+    as_of: date,
+    today: date,
+    now: str,
+    by: str,
+) -> ImportResult:
+    """Import one agency file into the pilot: all rows or none."""
+    if correct and not (reason and reason.strip()):
+        raise UserError("a correction needs a reason", 'give --reason "what was wrong"')
+    if as_of > today:
+        raise UserError(f"--as-of {as_of.isoformat()} is in the future")
+    mapping = resolve_mapping(pilot.protocol, source, id_column, overrides)
+    rows = read_table(file)
+    digest = hashlib.sha256(file.read_bytes()).hexdigest()
+    randomised = _randomised(store, pilot.protocol.id)
+    with store.outcome_tx(pilot.protocol.id) as tx:
+        plan = plan_import(
+            pilot.protocol,
+            mapping,
+            rows,
+            pseudonymiser(pilot.secret),
+            randomised,
+            tx.latest(),
+            today,
+            correct,
+        )
+        if plan.problems:
+            raise BatchRejected(file, plan.problems, "imported")
+        if not plan.new:
+            return ImportResult(None, len(rows), 0, 0, plan.unchanged)
+        record = ImportRecord(
+            pilot.protocol.id,
+            source,
+            file.name,
+            digest,
+            len(rows),
+            json.dumps(sorted({c.outcome for c in mapping.columns})),
+            as_of.isoformat(),
+            now,
+            by,
+            reason.strip() if correct and reason else None,
+        )
+        import_id = tx.add(record, plan.new)
+    return ImportResult(
+        import_id, len(rows), len(plan.new) - plan.corrected, plan.corrected, plan.unchanged
+    )
+
+
+def _randomised(store: Store, pilot_id: str) -> dict[str, date]:
+    return {u: date.fromisoformat(d) for u, d in store.randomisation_dates(pilot_id).items()}

@@ -1,0 +1,100 @@
+"""Where a pilot stands: the analysis data set, CONSORT flow, progression criteria,
+follow-up due and context notes, all rebuilt from the store on request."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from datetime import date, timedelta
+from typing import Any
+
+from evalkit import consort, progression
+from evalkit.dataset import Dataset, build
+from evalkit.derivation import window_end
+from evalkit.ledger import Entry
+from evalkit.protocol import Protocol
+from evalkit.store import Store
+
+
+@dataclass(frozen=True)
+class Tracking:
+    entries: list[Entry]
+    dataset: Dataset
+    consort: dict[str, Any]
+    progression: list[dict[str, Any]]
+
+
+def track(
+    store: Store, protocol: Protocol, today: date, labels: dict[str, str] | None = None
+) -> Tracking:
+    entries = store.log_entries(protocol.id)
+    data = build(
+        protocol,
+        entries,
+        store.observations(protocol.id),
+        store.imports(protocol.id),
+        today,
+        labels,
+    )
+    return Tracking(
+        entries,
+        data,
+        consort.flow(protocol, entries, data.rows, labels),
+        progression.evaluate(protocol, data.rows),
+    )
+
+
+def followup(
+    protocol: Protocol, rows: list[dict[str, Any]], today: date, within_days: int = 30
+) -> list[dict[str, Any]]:
+    """Follow-up measurements (surveys, statuses) that are due now or within
+    ``within_days``, or overdue: what an evaluator should chase, person by person.
+    Outcomes from complete agency extracts (spells, events) need no chasing."""
+    out = []
+    for o in protocol.outcomes:
+        if o.derive.source_kind != "measurement":
+            continue
+        tol = timedelta(weeks=o.window.tolerance_weeks)
+        for r in rows:
+            status = r[f"{o.name}_status"]
+            if status == "observed":
+                continue
+            due = window_end(date.fromisoformat(r["randomised_on"]), o.window.months)
+            opens, closes = due - tol, due + tol
+            if status == "missing":
+                state = "overdue"
+            elif opens <= today + timedelta(days=within_days):
+                state = "due now" if opens <= today else "due soon"
+            else:
+                continue
+            item = {
+                "unit": r["unit"],
+                "outcome": o.name,
+                "source": o.source,
+                "due": due.isoformat(),
+                "window_opens": opens.isoformat(),
+                "window_closes": closes.isoformat(),
+                "state": state,
+            }
+            if "ref" in r:
+                item["ref"] = r["ref"]
+            out.append(item)
+    order = {"overdue": 0, "due now": 1, "due soon": 2}
+    return sorted(out, key=lambda x: (order[x["state"]], x["due"], x["outcome"], x["unit"]))
+
+
+def recruitment_by_month(rows: list[dict[str, Any]]) -> dict[str, int]:
+    return dict(sorted(Counter(r["randomised_on"][:7] for r in rows).items()))
+
+
+def notes(entries: list[Entry]) -> list[dict[str, Any]]:
+    return [
+        {
+            "date": e.detail.get("on"),
+            "text": e.detail.get("reason", ""),
+            "recorded_at": e.created_at,
+            "by": e.created_by,
+        }
+        for e in entries
+        if e.kind == "event" and e.detail.get("event") == "note"
+    ]

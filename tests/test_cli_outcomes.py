@@ -1,0 +1,169 @@
+"""The outcome commands as a user runs them."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+from datetime import date, timedelta
+
+import pytest
+from click.testing import CliRunner
+
+from cli import cli
+from tests.pilots import referral, write_csv
+
+START = date(2025, 2, 3)
+
+
+@pytest.fixture
+def run(tmp_path, store_url):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+
+    def _run(*args: str, ok: int | None = 0):
+        res = CliRunner().invoke(
+            cli, ["--workspace", str(ws), "--store", store_url, *args], catch_exceptions=False
+        )
+        if ok is not None:
+            assert res.exit_code == ok, res.output
+        assert "Traceback" not in res.output
+        return res
+
+    _run("init", "kw-pilot")
+    _run("register", "kw-pilot")
+    rnd = random.Random(2)
+    rows = [{"id": f"NI{i}", "ref": f"case-{i}", **referral(rnd)} for i in range(10)]
+    _run(
+        "allocate",
+        "kw-pilot",
+        str(write_csv(tmp_path / "r.csv", rows)),
+        "--date",
+        START.isoformat(),
+    )
+    _run.tmp = tmp_path
+    return _run
+
+
+def test_import_export_followup_note_and_status(run):
+    survey = [
+        {"id": f"NI{i}", "wemwbs": str(40 + i), "survey_date": "2026-02-10"} for i in range(6)
+    ]
+    path = write_csv(run.tmp / "survey.csv", survey)
+    out = run("outcomes", "import", "kw-pilot", str(path), "--source", "survey").output
+    assert "6 new records, 0 corrections, 0 unchanged" in out
+    assert (
+        "brings nothing new"
+        in run("outcomes", "import", "kw-pilot", str(path), "--source", "survey").output
+    )
+    survey[0]["wemwbs"] = "70"
+    write_csv(path, survey)
+    refused = run("outcomes", "import", "kw-pilot", str(path), "--source", "survey", ok=1)
+    assert "row 2: wellbeing '70' differs from the stored value 40" in refused.output
+    fixed = run(
+        "outcomes",
+        "import",
+        "kw-pilot",
+        str(path),
+        "--source",
+        "survey",
+        "--correct",
+        "--reason",
+        "score misread",
+        "--json",
+    ).output
+    assert json.loads(fixed)["corrected"] == 1
+
+    analysis = list(csv.DictReader(io.StringIO(run("export", "kw-pilot").output)))
+    assert len(analysis) == 10
+    assert sorted(r["wellbeing_status"] for r in analysis).count("observed") == 6
+    assert {r["ref"] for r in analysis} == {f"case-{i}" for i in range(10)}
+    assert not any(f"NI{i}" in json.dumps(analysis) for i in range(10))
+    versions = list(
+        csv.DictReader(io.StringIO(run("export", "kw-pilot", "--what", "outcomes").output))
+    )
+    assert sorted(r["version"] for r in versions) == ["1"] * 6 + ["2"]
+    log = list(
+        csv.DictReader(io.StringIO(run("export", "kw-pilot", "--what", "allocations").output))
+    )
+    assert len(log) == 10 and all(r["entry_hash"] for r in log)
+
+    due = json.loads(run("followup", "kw-pilot", "--as-of", "2026-02-20", "--json").output)
+    assert {d["ref"] for d in due if d["outcome"] == "wellbeing"} == {
+        f"case-{i}" for i in range(6, 10)
+    }
+    run("note", "kw-pilot", "--date", "2025-06-01", "Work Programme contract ended")
+    status = json.loads(run("status", "kw-pilot", "--json").output)
+    assert status["notes"][0]["text"] == "Work Programme contract ended"
+    assert status["consort"]["randomised"] == 10
+    assert {p["metric"] for p in status["progression"]} == {
+        "recruitment_per_month",
+        "retention",
+        "adherence",
+        "data_completeness",
+    }
+    text = run("status", "kw-pilot").output
+    assert "CONSORT: assessed 10, excluded 0, randomised 10" in text
+    assert "note 2025-06-01: Work Programme contract ended" in text
+
+
+def test_import_with_bad_rows_names_them_and_writes_nothing(run):
+    rows = [
+        {"id": "NI1", "wemwbs": "abc", "survey_date": "2026-02-10"},
+        {"id": "NOBODY", "wemwbs": "40", "survey_date": "2026-02-10"},
+    ]
+    res = run(
+        "outcomes",
+        "import",
+        "kw-pilot",
+        str(write_csv(run.tmp / "b.csv", rows)),
+        "--source",
+        "survey",
+        ok=1,
+    )
+    assert "2 problems; nothing was imported" in res.output
+    assert "row 2: wemwbs 'abc' is not a number" in res.output
+    assert "row 3: id is not a randomised person of this pilot" in res.output
+    assert json.loads(run("status", "kw-pilot", "--json").output)["data_vintage"] == []
+    assert (
+        "is not OUTCOME:FIELD=COLUMN"
+        in run(
+            "outcomes",
+            "import",
+            "kw-pilot",
+            str(run.tmp / "b.csv"),
+            "--source",
+            "survey",
+            "--map",
+            "wellbeing=x",
+            ok=1,
+        ).output
+    )
+
+
+def test_refs_need_the_protocols_permission(run, tmp_path):
+    path = run.tmp / "ws" / "protocols" / "kw-pilot.yaml"
+    assert "evaluator_reference: true" in path.read_text()
+    d = (START + timedelta(days=3)).isoformat()
+    res = run(
+        "enrol",
+        "kw-pilot",
+        "--unit-id",
+        "NEW1",
+        "--ref",
+        "case-x",
+        "--date",
+        d,
+        "--set",
+        "age=40",
+        "--set",
+        "benefit=UC",
+        "--set",
+        "months_unemployed=30",
+        "--set",
+        "referral_route=GP",
+        "--set",
+        "mh_condition=true",
+    )
+    assert res.exit_code == 0
