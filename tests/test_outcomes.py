@@ -151,6 +151,9 @@ def test_reimport_is_a_no_op_and_corrections_keep_both_versions(store, kw, tmp_p
     latest = {o.unit: o.value for o in store.observations("kw-out")}
     assert sorted(latest.values()).count(60.0) == 1 and 43.0 not in latest.values()
     assert store.imports("kw-out")[-1].correction_reason == "typed 43 for 60"
+    analysed = track(store, kw.protocol, TODAY).dataset.rows
+    scores = sorted(r["wellbeing"] for r in analysed if r["wellbeing_status"] == "observed")
+    assert scores == [40, 41, 42, 44, 45, 46, 47, 48, 49, 60]  # the corrected value, not 43
 
 
 def test_the_analysis_data_set_uses_the_latest_values(store, kw, tmp_path):
