@@ -69,6 +69,14 @@ def _emit(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
 
 
+def _write_or_print(text: str, out: Path | None) -> None:
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        out.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {out}")
+
+
 def _fail(lines: list[str]) -> None:
     for line in lines:
         click.echo(line, err=True)
@@ -209,11 +217,7 @@ def schema(out: Path | None) -> None:
     from evalkit.protocol import schema as protocol_schema
 
     text = json.dumps(protocol_schema(), indent=2, ensure_ascii=False) + "\n"
-    if out is None:
-        click.echo(text, nl=False)
-    else:
-        out.write_text(text, encoding="utf-8")
-        click.echo(f"wrote {out}")
+    _write_or_print(text, out)
 
 
 @cli.command()
@@ -821,11 +825,7 @@ def export(app: App, pilot: str, what: str, out: Path | None) -> None:
         what,
         date.fromisoformat(_today()),
     )
-    if out is None:
-        click.echo(text, nl=False)
-    else:
-        out.write_text(text, encoding="utf-8")
-        click.echo(f"wrote {out}")
+    _write_or_print(text, out)
 
 
 @cli.command()

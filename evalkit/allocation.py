@@ -262,11 +262,6 @@ def _probabilities(arms: list[str], row: np.ndarray | Sequence[float]) -> dict[s
     return {a: float(p) for a, p in zip(arms, row, strict=True)}
 
 
-def _shares(ctx: Context) -> dict[str, float]:
-    total = sum(ctx.ratios)
-    return {a: r / total for a, r in zip(ctx.arms, ctx.ratios, strict=True)}
-
-
 def exclusion(ctx: Context, r: Referral) -> Entry:
     return ctx.entry(
         kind="exclusion",
@@ -285,13 +280,12 @@ def decide(ctx: Context, view: LogView, r: Referral) -> Entry:
         return _join_place(ctx, view, r)
     n = view.count()
     if d.method == "simple":
-        rng = ctx.rngs(f"simple/{n}")
-        arm = ctx.arms[int(rng.choice(len(ctx.arms), p=np.array(ctx.ratios) / sum(ctx.ratios)))]
+        drawn = A.simple(1, ctx.arms, ctx.ratios, ctx.rngs(f"simple/{n}"))
         return ctx.entry(
             kind="allocation",
             unit=r.unit,
-            arm=arm,
-            probabilities=_shares(ctx),
+            arm=drawn.arms[0],
+            probabilities=_probabilities(drawn.arm_names, drawn.probabilities[0]),
             baseline=r.values,
             detail={"method": "simple", "index": n, "exact": True, "on": r.joined},
         )

@@ -270,27 +270,9 @@ def blocked_next(
     Random block sizes keep staff from predicting the last arms of a block. Blocks are
     numbered from 0 in ``detail["block"]`` and in their stream names.
     """
-    shares, bases = _block_base(arms, ratios, block_sizes)
     if position < 0:
         raise ValueError(f"position must be zero or more, got {position}")
-    sizes, ends = _block_ends(stratum, position, block_sizes, rngs)
-    k = int(np.searchsorted(ends, position, side="right"))
-    start = int(ends[k - 1]) if k else 0
-    size = int(sizes[k])
-    order = _block_order(stratum, k, bases[size], rngs)
-    arm = list(arms)[int(order[position - start])]
-    return Draw(
-        arm=arm,
-        probabilities={a: float(p) for a, p in zip(arms, shares, strict=True)},
-        exact=True,
-        detail={
-            "stratum": stratum,
-            "position": position,
-            "block": k,
-            "block_size": size,
-            "position_in_block": position - start,
-        },
-    )
+    return blocked_run(stratum, position, 1, arms, ratios, block_sizes, rngs)[0]
 
 
 def blocked_run(

@@ -79,11 +79,16 @@ def parse_value(f: BaselineField, raw: Any) -> Any:
             except ValueError:
                 raise ValueError("is not a date (write YYYY-MM-DD)") from None
     if f.type in {"integer", "number"}:
-        if f.min is not None and value < f.min:
-            raise ValueError(f"is below the minimum {f.min:g}")
-        if f.max is not None and value > f.max:
-            raise ValueError(f"is above the maximum {f.max:g}")
+        check_range(value, f.min, f.max)
     return value
+
+
+def check_range(value: float, low: float | None, high: float | None) -> None:
+    """The protocol's allowed range, for baseline fields and outcomes alike."""
+    if low is not None and value < low:
+        raise ValueError(f"is below the minimum {low:g}")
+    if high is not None and value > high:
+        raise ValueError(f"is above the maximum {high:g}")
 
 
 def parse_values(

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from evalkit.allocation import RowProblem, pseudonymiser
+from evalkit.baseline import check_range
 from evalkit.enrolment import BatchRejected, Pilot, read_table
 from evalkit.errors import UserError
 from evalkit.ledger import Entry
@@ -108,10 +109,7 @@ def _value(o: Outcome, v: Any) -> float:
         raise ValueError("is not a finite number")
     if o.type == "count" and (x < 0 or not x.is_integer()):
         raise ValueError("is not a whole number of 0 or more")
-    if o.min is not None and x < o.min:
-        raise ValueError(f"is below the smallest allowed value {o.min:g}")
-    if o.max is not None and x > o.max:
-        raise ValueError(f"is above the largest allowed value {o.max:g}")
+    check_range(x, o.min, o.max)
     return x
 
 

@@ -77,3 +77,28 @@ def workspace(tmp_path) -> Path:
     for name in ("hackney-keyworker", "hackney-estates", "hackney-front-door"):
         shutil.copy(REPO / "protocols" / f"{name}.yaml", ws / "protocols" / f"{name}.yaml")
     return ws
+
+
+@pytest.fixture
+def cli_in(tmp_path, store_url):
+    """`evalkit ...` as a user runs it, in a fresh workspace on each back end: checks the
+    exit code (``ok``) and that no traceback is ever shown."""
+    from click.testing import CliRunner
+
+    from cli import cli
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+
+    def _run(*args: str, ok: int | None = 0):
+        res = CliRunner().invoke(
+            cli, ["--workspace", str(ws), "--store", store_url, *args], catch_exceptions=False
+        )
+        if ok is not None:
+            assert res.exit_code == ok, res.output
+        assert "Traceback" not in res.output
+        return res
+
+    _run.ws = ws
+    _run.tmp = tmp_path
+    return _run

@@ -15,21 +15,8 @@ from tests.conftest import REPO
 
 
 @pytest.fixture
-def run(tmp_path, store_url):
-    """Run `evalkit ...` in a fresh workspace on each back end."""
-    ws = tmp_path / "ws"
-    ws.mkdir()
-
-    def _run(*args: str, ok: int | None = 0):
-        result = CliRunner().invoke(
-            cli, ["--workspace", str(ws), "--store", store_url, *args], catch_exceptions=False
-        )
-        if ok is not None:
-            assert result.exit_code == ok, result.output
-        return result
-
-    _run.ws = ws
-    return _run
+def run(cli_in):
+    return cli_in
 
 
 def test_acceptance_flow(run):

@@ -7,9 +7,7 @@ import json
 import random
 
 import pytest
-from click.testing import CliRunner
 
-from cli import cli
 from tests.pilots import referral, write_csv
 
 SET = [
@@ -27,23 +25,10 @@ SET = [
 
 
 @pytest.fixture
-def run(tmp_path, store_url):
-    ws = tmp_path / "ws"
-    ws.mkdir()
-
-    def _run(*args: str, ok: int | None = 0):
-        res = CliRunner().invoke(
-            cli, ["--workspace", str(ws), "--store", store_url, *args], catch_exceptions=False
-        )
-        if ok is not None:
-            assert res.exit_code == ok, res.output
-        assert "Traceback" not in res.output
-        return res
-
-    _run.ws = ws
-    _run("init", "kw-pilot")
-    _run("register", "kw-pilot")
-    return _run
+def run(cli_in):
+    cli_in("init", "kw-pilot")
+    cli_in("register", "kw-pilot")
+    return cli_in
 
 
 def test_enrol_prints_the_arm_and_head_and_never_the_raw_id(run):

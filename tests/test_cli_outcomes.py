@@ -9,41 +9,26 @@ import random
 from datetime import date, timedelta
 
 import pytest
-from click.testing import CliRunner
 
-from cli import cli
 from tests.pilots import referral, write_csv
 
 START = date(2025, 2, 3)
 
 
 @pytest.fixture
-def run(tmp_path, store_url):
-    ws = tmp_path / "ws"
-    ws.mkdir()
-
-    def _run(*args: str, ok: int | None = 0):
-        res = CliRunner().invoke(
-            cli, ["--workspace", str(ws), "--store", store_url, *args], catch_exceptions=False
-        )
-        if ok is not None:
-            assert res.exit_code == ok, res.output
-        assert "Traceback" not in res.output
-        return res
-
-    _run("init", "kw-pilot")
-    _run("register", "kw-pilot")
+def run(cli_in, tmp_path):
+    cli_in("init", "kw-pilot")
+    cli_in("register", "kw-pilot")
     rnd = random.Random(2)
     rows = [{"id": f"NI{i}", "ref": f"case-{i}", **referral(rnd)} for i in range(10)]
-    _run(
+    cli_in(
         "allocate",
         "kw-pilot",
         str(write_csv(tmp_path / "r.csv", rows)),
         "--date",
         START.isoformat(),
     )
-    _run.tmp = tmp_path
-    return _run
+    return cli_in
 
 
 def test_import_export_followup_note_and_status(run):

@@ -103,7 +103,7 @@ def test_a_file_with_a_dozen_kinds_of_bad_rows_is_rejected_whole(store, kw, tmp_
     expected_rows = [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
     assert [int(f.split(":")[0].split()[1]) for f in found] == expected_rows, found
     assert "row 4: wemwbs 'high' is not a number" in found
-    assert "row 5: wemwbs '90' is above the largest allowed value 70" in found
+    assert "row 5: wemwbs '90' is above the maximum 70" in found
     assert "row 7: survey_date '2024-12-01' is before the person's randomisation" in found[4]
     assert "row 8: survey_date '2027-03-01' is in the future" in found
     assert (
