@@ -58,7 +58,7 @@ def open_pilot(store: Store, keys: KeyRing, path: Path, pilot: str) -> Pilot:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class Written:
     """What an enrolment or a batch did, for printing."""
 
     entries: list[Entry]  # new entries written
@@ -84,7 +84,7 @@ def enrol(
     by: str,
     on: str,
     ref: str | None = None,
-) -> Outcome:
+) -> Written:
     """One referral: its existing record if already enrolled, else an exclusion (with the
     rules' reasons) or an allocation, written with the head moved in one transaction."""
     _check_ref(pilot, ref)
@@ -101,12 +101,12 @@ def enrol(
     with store.log_tx(pilot.protocol.id) as tx:
         existing = tx.unit("participant", refs[0].unit)
         if existing is not None:
-            return Outcome([], [existing], tx.head())
+            return Written([], [existing], tx.head())
         entry = AL.exclusion(ctx, refs[0]) if refs[0].reasons else AL.decide(ctx, tx, refs[0])
         entries = AL.with_refs([entry], refs)
         sealed = chain(entries, pilot.protocol.id, pilot.registration_hash, tx.head())
         head = tx.append(sealed)
-    return Outcome(sealed, [], head)
+    return Written(sealed, [], head)
 
 
 def read_table(path: Path) -> list[tuple[int, dict[str, Any]]]:
@@ -166,7 +166,7 @@ class BatchRejected(UserError):
 
 def allocate_file(
     store: Store, pilot: Pilot, file: Path, now: str, by: str, on: str, id_column: str = "id"
-) -> Outcome:
+) -> Written:
     """Allocate every row of a file, or none: all rows are checked before anything is
     drawn, and all entries are written in one transaction."""
     p = pilot.protocol
@@ -221,17 +221,17 @@ def allocate_file(
     new = {e.unit: e for e in sealed}
     old = {e.unit: e for e in existing}
     rows = [(r.row, new.get(r.unit) or old[r.unit], r.unit not in new) for r in refs]
-    return Outcome(sealed, existing, head, rows)
+    return Written(sealed, existing, head, rows)
 
 
-def write_results(path: Path, outcome: Outcome) -> None:
+def write_results(path: Path, written: Written) -> None:
     """One line per input row: row number, pseudonym (or place), status, arm, reasons.
     No raw identifier is written; join back to your list by row number."""
     tmp = path.with_name(path.name + ".part")
     with tmp.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["row", "unit", "status", "arm", "crossover_period", "reasons"])
-        for row, e, existed in outcome.rows:
+        for row, e, existed in written.rows:
             state = "excluded" if e.kind == "exclusion" else "allocated"
             w.writerow(
                 [
@@ -272,7 +272,7 @@ def record_event(
     by: str,
     on: str,
     reason: str,
-) -> Outcome:
+) -> Written:
     """Withdrawal, did-not-start, started or unblinding: a new entry, never an edit."""
     if kind not in EVENTS:
         raise UserError(f"unknown event {kind!r}", f"use one of {', '.join(EVENTS)}")
@@ -292,7 +292,7 @@ def record_event(
         entry = AL.event(ctx, unit, kind, on, reason)
         sealed = chain([entry], pilot.protocol.id, pilot.registration_hash, tx.head())
         head = tx.append(sealed)
-    return Outcome(sealed, [], head)
+    return Written(sealed, [], head)
 
 
 # --- verification ---------------------------------------------------------------------
