@@ -891,6 +891,94 @@ def note(app: App, pilot: str, text: str, on: str | None, by: str | None) -> Non
 
 
 @cli.command()
+@click.argument("data", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--outcome", required=True, help="Outcome column.")
+@click.option("--treatment", required=True, help="Treatment column: 0/1 or arm names.")
+@click.option("--covariates", default="", help="Comma-separated covariate columns.")
+@click.option("--cluster", default=None, help="Place column (clustered standard errors).")
+@click.option("--blocks", default=None, help="Block column (block fixed effects).")
+@click.option(
+    "--se",
+    type=click.Choice(["auto", "hc2", "hc1", "cr2", "cr1"]),
+    default="auto",
+    show_default=True,
+    help="auto: HC2 without clusters, CR2 with them.",
+)
+@click.option("--arms", default=None, help="Control and treated arm names, e.g. usual,keyworker.")
+@click.option("--alpha", default=0.05, show_default=True, type=float)
+@click.option("--ri", "ri_draws", default=0, type=int, help="Randomisation inference draws.")
+@click.option(
+    "--ri-statistic", type=click.Choice(["estimate", "t"]), default="estimate", show_default=True
+)
+@click.option("--wild-bootstrap", "wcb_draws", default=0, type=int, help="Bootstrap draws.")
+@click.option("--seed", default=1, show_default=True, type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def estimate(
+    data: Path,
+    outcome: str,
+    treatment: str,
+    covariates: str,
+    cluster: str | None,
+    blocks: str | None,
+    se: str,
+    arms: str | None,
+    alpha: float,
+    ri_draws: int,
+    ri_statistic: str,
+    wcb_draws: int,
+    seed: int,
+    as_json: bool,
+) -> None:
+    """Estimate one effect from a CSV or Excel file (exploratory, not a registered analysis).
+
+    Example: evalkit estimate data.csv --outcome y --treatment arm --covariates age,esa
+    --cluster place --se cr2 --ri 10000 --wild-bootstrap 9999 --json
+    """
+    from evalkit.exploratory import estimate as run_estimate
+    from evalkit.exploratory import read_data
+
+    res = run_estimate(
+        read_data(data),
+        outcome,
+        treatment,
+        [c.strip() for c in covariates.split(",") if c.strip()],
+        cluster,
+        blocks,
+        se,
+        alpha,
+        [a.strip() for a in arms.split(",")] if arms else None,
+        ri_draws,
+        ri_statistic,
+        wcb_draws,
+        seed,
+    )
+    if as_json:
+        _emit(res)
+        return
+    level = round(100 * (1 - alpha))
+    click.echo(f"{res['note']}")
+    click.echo(
+        f"effect of {res['term']} on {outcome}: {res['estimate']:.4g} "
+        f"(SE {res['std_error']:.4g}, {res['se_type']}, df {res['df']:.4g}), "
+        f"p = {res['p_value']:.3g}, {level}% CI {res['conf_low']:.4g} to "
+        f"{res['conf_high']:.4g}; n = {res['n']}"
+        + (f", {res['clusters']} clusters" if res.get("clusters") else "")
+    )
+    if "ri_p_value" in res:
+        kind = "exact, all" if res["ri_exact"] else "sampled"
+        click.echo(
+            f"randomisation inference ({kind} {res['ri_draws']} assignments, "
+            f"statistic {res['ri_statistic']}): p = {res['ri_p_value']:.3g}"
+        )
+    if "wcb_p_value" in res:
+        click.echo(
+            f"wild cluster bootstrap ({res['wcb_draws']} draws, {res['wcb_weights']} "
+            f"weights): p = {res['wcb_p_value']:.3g}, {level}% CI "
+            f"{res['wcb_conf_low']:.4g} to {res['wcb_conf_high']:.4g}"
+        )
+
+
+@cli.command()
 @click.option(
     "--dir",
     "directory",
