@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from evalkit.errors import UserError
+from evalkit.errors import BatchRejected, UserError
 
 TEMPLATES = {
     "individual": "hackney-keyworker.yaml",
@@ -93,6 +93,12 @@ class EvalkitGroup(click.Group):
 
         try:
             return super().invoke(ctx)
+        except BatchRejected as exc:
+            _fail(
+                [f"error: {exc.message}"]
+                + [f"  {exc.file}: {p}" for p in exc.problems]
+                + [f"  hint: {exc.hint}"]
+            )
         except UserError as exc:
             _fail([f"error: {exc.message}"] + ([f"  hint: {exc.hint}"] if exc.hint else []))
         except ProtocolFileError as exc:
@@ -467,19 +473,10 @@ def allocate(
     Example: evalkit allocate hackney-estates places.csv --out allocation.csv
     """
     from evalkit.clock import utc_now
-    from evalkit.enrolment import BatchRejected, allocate_file, write_results
+    from evalkit.enrolment import allocate_file, write_results
 
     p = _pilot(app, pilot)
-    try:
-        res = allocate_file(
-            app.store(), p, file, utc_now(), by or _user(), on or _today(), id_column
-        )
-    except BatchRejected as exc:
-        _fail(
-            [f"error: {exc.message}"]
-            + [f"  {file}: {prob}" for prob in exc.problems]
-            + [f"  hint: {exc.hint}"]
-        )
+    res = allocate_file(app.store(), p, file, utc_now(), by or _user(), on or _today(), id_column)
     if out is not None:
         write_results(out, res)
     if as_json:
@@ -751,7 +748,6 @@ def outcomes_import(
     from datetime import date
 
     from evalkit.clock import utc_now
-    from evalkit.enrolment import BatchRejected
     from evalkit.outcome_import import import_outcomes
 
     p = _pilot(app, pilot)
@@ -760,27 +756,20 @@ def outcomes_import(
         extract = date.fromisoformat(as_of) if as_of else today
     except ValueError:
         raise UserError(f"--as-of {as_of!r} is not a date", "write YYYY-MM-DD") from None
-    try:
-        res = import_outcomes(
-            app.store(),
-            p,
-            file,
-            source,
-            id_column,
-            list(mapping),
-            correct,
-            reason,
-            extract,
-            today,
-            utc_now(),
-            by or _user(),
-        )
-    except BatchRejected as exc:
-        _fail(
-            [f"error: {exc.message}"]
-            + [f"  {file}: {prob}" for prob in exc.problems]
-            + [f"  hint: {exc.hint}"]
-        )
+    res = import_outcomes(
+        app.store(),
+        p,
+        file,
+        source,
+        id_column,
+        list(mapping),
+        correct,
+        reason,
+        extract,
+        today,
+        utc_now(),
+        by or _user(),
+    )
     if as_json:
         _emit(res.__dict__)
         return

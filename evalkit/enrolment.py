@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from evalkit import allocation as AL
-from evalkit.errors import UserError
+from evalkit.errors import BatchRejected, UserError
 from evalkit.keys import KeyRing, commitment
 from evalkit.ledger import EVENTS, ChainCheck, Entry, chain, check_chain
 from evalkit.protocol import Protocol
@@ -150,18 +150,6 @@ def read_table(path: Path) -> list[tuple[int, dict[str, Any]]]:
     for _, row in rows:
         row.pop(None, None)  # type: ignore[call-overload]  # cells beyond the header
     return rows
-
-
-class BatchRejected(UserError):
-    """A file with problems: nothing was written; every problem is listed."""
-
-    def __init__(self, file: Path, problems: list[AL.RowProblem], done: str = "allocated"):
-        n = len(problems)
-        super().__init__(
-            f"{file}: {n} problem{'s' if n != 1 else ''}; nothing was {done}",
-            "correct the rows named and run the same command again",
-        )
-        self.problems = problems
 
 
 def allocate_file(

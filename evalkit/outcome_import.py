@@ -18,8 +18,8 @@ from typing import Any
 
 from evalkit.allocation import RowProblem, pseudonymiser
 from evalkit.baseline import check_range
-from evalkit.enrolment import BatchRejected, Pilot, read_table
-from evalkit.errors import UserError
+from evalkit.enrolment import Pilot, read_table
+from evalkit.errors import BatchRejected, UserError
 from evalkit.ledger import Entry
 from evalkit.protocol import ColumnMap, ImportSource, Outcome, Protocol
 from evalkit.store import ImportRecord, Observation, Store

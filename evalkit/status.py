@@ -74,7 +74,7 @@ def pilot_status(
         labels = neutral_labels([a.name for a in rp.protocol.arms], secret)
     from evalkit.tracking import followup, notes, recruitment_by_month, track
 
-    t = track(store, rp.protocol, today or date.today(), labels)
+    t = track(store, rp.protocol, today or date.today(), labels, entries)
     due = followup(rp.protocol, t.dataset.rows, today or date.today())
     return {
         "pilot": pilot,

@@ -25,9 +25,14 @@ class Tracking:
 
 
 def track(
-    store: Store, protocol: Protocol, today: date, labels: dict[str, str] | None = None
+    store: Store,
+    protocol: Protocol,
+    today: date,
+    labels: dict[str, str] | None = None,
+    entries: list[Entry] | None = None,
 ) -> Tracking:
-    entries = store.log_entries(protocol.id)
+    """Everything rebuilt from the store (``entries``: the log, if already read)."""
+    entries = store.log_entries(protocol.id) if entries is None else entries
     data = build(
         protocol,
         entries,

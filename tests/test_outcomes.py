@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import text
 
 from evalkit import progression
-from evalkit.enrolment import BatchRejected, enrol, record_event
-from evalkit.errors import UserError
+from evalkit.enrolment import enrol, record_event
+from evalkit.errors import BatchRejected, UserError
 from evalkit.keys import KeyRing
 from evalkit.outcome_import import import_outcomes
 from evalkit.protocol import ProgressionCriterion
