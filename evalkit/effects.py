@@ -1,0 +1,581 @@
+"""Effect sizes and plain-words readings for a pilot's report.
+
+Everything here is a pure function of the numbers it is given (no I/O, no store), so a
+report can be recomputed by anyone from the analysed data and checked line by line.
+
+The functions answer the questions a scrutiny commission asks of a small pilot: how big
+is the difference in units that travel between studies (Hedges' g), what does it mean for
+a yes/no outcome (rates, risk difference, relative risk, number needed to treat), how
+sure can we be that it helps at all and by as much as matters (a normal-normal Bayesian
+reading against the registered minimal important difference), were the arms alike at the
+start (standardised differences), and how many people were lost (attrition).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from statsmodels.stats.multitest import multipletests
+
+from evalkit.protocol import Prior
+
+DIRECTIONS = ("higher_is_better", "lower_is_better")
+
+# z such that P(Z > z) = 5% for a standard normal (1.6449...): Spiegelhalter's sceptical
+# prior puts 5% of its mass beyond the minimal important difference.
+Z_95_ONE_SIDED = float(stats.norm.ppf(0.95))
+
+# Plain-words ladder for a probability that the intervention helps. Boundaries are
+# inclusive on the side of the words: p >= 0.95 and p >= 0.80 read upward; p <= 0.20 and
+# p <= 0.05 read downward; strictly between 0.20 and 0.80 is "may help, may not".
+VERY_LIKELY = 0.95
+PROBABLY = 0.80
+PROBABLY_NOT = 0.20
+VERY_LIKELY_NOT = 0.05
+
+# What Works Clearinghouse baseline-equivalence convention (WWC Procedures and Standards
+# Handbook): an absolute baseline difference of at most 0.05 SD is equivalent, above 0.05
+# and up to 0.25 SD needs statistical adjustment for that characteristic, above 0.25 SD
+# cannot be made equivalent by adjustment.
+SMD_ADJUST = 0.05
+SMD_IMBALANCED = 0.25
+
+_MULTITEST = {
+    "holm": "holm",
+    "bonferroni": "bonferroni",
+    "hochberg": "simes-hochberg",
+    "simes-hochberg": "simes-hochberg",
+    "fdr_bh": "fdr_bh",
+}
+
+
+# --- helpers -------------------------------------------------------------------------
+
+
+def _arms(treated: np.ndarray, n: int) -> np.ndarray:
+    """Treatment indicator as booleans, refusing anything but two arms of 0/1 values."""
+    t = np.asarray(treated)
+    if t.ndim != 1 or len(t) != n:
+        raise ValueError(f"treated must be one value per person ({n}), got shape {t.shape}")
+    values = set(np.unique(t).tolist())
+    if not values <= {0, 1}:
+        raise ValueError(f"treated must hold 0/1 (or False/True), got {sorted(values)}")
+    t = t.astype(bool)
+    if t.all() or not t.any():
+        raise ValueError("both arms need at least one person")
+    return t
+
+
+def _outcome(y: np.ndarray) -> np.ndarray:
+    v = np.asarray(y, dtype=float)
+    if v.ndim != 1:
+        raise ValueError("y must be one-dimensional")
+    if not np.isfinite(v).all():
+        raise ValueError("y has missing or infinite values; drop them before computing")
+    return v
+
+
+def _check_direction(direction: str) -> None:
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+
+
+def _pooled_sd(a: np.ndarray, b: np.ndarray) -> float:
+    """Pooled SD with n - 2 degrees of freedom (the usual two-sample t-test variance)."""
+    n1, n0 = len(a), len(b)
+    ss = ((a - a.mean()) ** 2).sum() + ((b - b.mean()) ** 2).sum()
+    return math.sqrt(ss / (n1 + n0 - 2))
+
+
+# --- Hedges' g -----------------------------------------------------------------------
+
+
+def hedges_g(
+    y: np.ndarray,
+    treated: np.ndarray,
+    clusters: np.ndarray | None = None,
+    *,
+    icc: float | None = None,
+) -> dict[str, Any]:
+    """Hedges' g (treated minus control) and its standard error, so that an effect can be
+    compared with other studies and pooled in meta-analyses.
+
+    Individual randomisation (Hedges & Olkin 1985; WWC Procedures Handbook)::
+
+        S   = sqrt(((n1 - 1) s1^2 + (n0 - 1) s0^2) / (N - 2)),   N = n1 + n0
+        J   = 1 - 3 / (4 N - 9)
+        g   = J (ybar1 - ybar0) / S
+        se  = sqrt(N / (n1 n0) + g^2 / (2 N))
+
+    Place (cluster) randomisation, Hedges (2007) "Effect sizes in cluster-randomized
+    designs", J. Educ. Behav. Stat. 32(4), eqs. for d_T and d_W, as used by the What Works
+    Clearinghouse. With M places, n = N / M the average place size (Hedges 2007 p. 351:
+    with unequal sizes the average gives a close approximation; the WWC also uses it) and
+    rho the intraclass correlation::
+
+        S_T^2     = total variance pooled within arms (as S above), N - 2 df
+        S_W^2     = sum (y_ij - ybar_place)^2 / (N - M)      (pooled within-place)
+        g_total   = J (ybar1 - ybar0) / S_T * sqrt(1 - 2 (n - 1) rho / (N - 2))
+        se_total^2 = N / (n1 n0) (1 + (n - 1) rho)
+                     + g_total^2 [(N - 2)(1 - rho)^2 + n (N - 2n) rho^2
+                                  + 2 (N - 2n) rho (1 - rho)]
+                       / [2 (N - 2) ((N - 2) - 2 (n - 1) rho)]
+        g_within  = J (ybar1 - ybar0) / S_W
+        se_within^2 = N / (n1 n0) (1 + (n - 1) rho) / (1 - rho) + g_within^2 / (2 (N - M))
+
+    The WWC applies J to g_total; applying it to g_within too is our choice, so that the
+    two are on the same footing. With places, ``g`` and ``se`` are g_total and se_total
+    (the WWC's reported effect size). ``icc`` may be given (e.g. the registered one);
+    otherwise it is the one-way ANOVA estimate within arms, truncated at 0::
+
+        MSW = S_W^2,  MSB = sum_i n_i (ybar_i - ybar_arm)^2 / (M - 2)
+        n0  = (N - sum_arms sum_i n_i^2 / N_arm) / (M - 2)
+        sigma_B^2 = max(0, (MSB - MSW) / n0),  rho = sigma_B^2 / (sigma_B^2 + MSW)
+
+    Every place must be in one arm only.
+    """
+    v = _outcome(y)
+    t = _arms(treated, len(v))
+    y1, y0 = v[t], v[~t]
+    n1, n0 = len(y1), len(y0)
+    n = n1 + n0
+    if n1 < 2 or n0 < 2:
+        raise ValueError("each arm needs at least two people for a standard deviation")
+    j = 1 - 3 / (4 * n - 9)
+    diff = float(y1.mean() - y0.mean())
+    s_total = _pooled_sd(y1, y0)
+    if s_total == 0:
+        raise ValueError("the outcome does not vary within arms; g is undefined")
+    out: dict[str, Any] = {
+        "n_treated": n1,
+        "n_control": n0,
+        "difference": diff,
+        "sd_pooled": s_total,
+        "j": j,
+        "g_total": None,
+        "se_total": None,
+        "g_within": None,
+        "se_within": None,
+        "icc": None,
+        "icc_source": None,
+        "n_places": None,
+        "mean_place_size": None,
+    }
+    base = n / (n1 * n0)
+    if clusters is None:
+        g = j * diff / s_total
+        out.update(g=g, se=math.sqrt(base + g**2 / (2 * n)))
+        return out
+
+    c = pd.Series(np.asarray(clusters)).astype(str).to_numpy()
+    if len(c) != n:
+        raise ValueError(f"clusters must be one value per person ({n}), got {len(c)}")
+    frame = pd.DataFrame({"y": v, "t": t, "c": c})
+    arms_per_place = frame.groupby("c")["t"].nunique()
+    mixed = sorted(arms_per_place[arms_per_place > 1].index)
+    if mixed:
+        raise ValueError(f"places in both arms: {', '.join(mixed)}")
+    m = int(arms_per_place.size)
+    if n - m < 1:
+        raise ValueError("every place has one person; the within-place SD is undefined")
+    place = frame.groupby("c").agg(size=("y", "size"), mean=("y", "mean"), t=("t", "first"))
+    frame["place_mean"] = frame["c"].map(place["mean"])
+    ssw = float(((frame["y"] - frame["place_mean"]) ** 2).sum())
+    msw = ssw / (n - m)
+    s_within = math.sqrt(msw)
+    size = n / m
+
+    if icc is None:
+        if m < 3:
+            raise ValueError("estimating the ICC needs at least three places; give icc")
+        arm_mean = place["t"].map({True: y1.mean(), False: y0.mean()})
+        msb = float((place["size"] * (place["mean"] - arm_mean) ** 2).sum()) / (m - 2)
+        arm_n = place["t"].map({True: n1, False: n0})
+        n_0 = (n - float((place["size"] ** 2 / arm_n).sum())) / (m - 2)
+        sigma_b2 = max(0.0, (msb - msw) / n_0)
+        rho = sigma_b2 / (sigma_b2 + msw) if sigma_b2 + msw > 0 else 0.0
+        source = "estimated"
+    else:
+        if not 0 <= icc < 1:
+            raise ValueError(f"icc must be in [0, 1), got {icc}")
+        rho = float(icc)
+        source = "given"
+
+    adj = 1 - 2 * (size - 1) * rho / (n - 2)
+    if adj <= 0:
+        raise ValueError("too few places for the Hedges (2007) total-variance correction")
+    g_total = j * diff / s_total * math.sqrt(adj)
+    num = (
+        (n - 2) * (1 - rho) ** 2
+        + size * (n - 2 * size) * rho**2
+        + 2 * (n - 2 * size) * rho * (1 - rho)
+    )
+    den = 2 * (n - 2) * ((n - 2) - 2 * (size - 1) * rho)
+    se_total = math.sqrt(base * (1 + (size - 1) * rho) + g_total**2 * num / den)
+    if s_within == 0:
+        g_within = se_within = None
+    else:
+        g_within = j * diff / s_within
+        se_within = math.sqrt(
+            base * (1 + (size - 1) * rho) / (1 - rho) + g_within**2 / (2 * (n - m))
+        )
+    out.update(
+        g=g_total,
+        se=se_total,
+        g_total=g_total,
+        se_total=se_total,
+        g_within=g_within,
+        se_within=se_within,
+        sd_within=s_within,
+        icc=rho,
+        icc_source=source,
+        n_places=m,
+        mean_place_size=size,
+    )
+    return out
+
+
+# --- binary outcomes -----------------------------------------------------------------
+
+
+def binary_effects(
+    y: np.ndarray,
+    treated: np.ndarray,
+    alpha: float = 0.05,
+    *,
+    direction: str = "higher_is_better",
+) -> dict[str, Any]:
+    """Rates and contrasts of a yes/no outcome, because "8 more in work out of every 100
+    referred" is what a commission can weigh, and a relative risk alone is not.
+
+    Treated versus control. Risk difference RD = p1 - p0 (a proportion: 0.08 is 8
+    percentage points) with a Wald interval; relative risk RR = p1 / p0 with the log-scale
+    Wald interval exp(log RR +/- z sqrt(1/a1 - 1/n1 + 1/a0 - 1/n0)); odds ratio with the
+    log-scale (Woolf) interval. RR and OR are None when a cell they need is zero (no
+    continuity correction is made up).
+
+    Number needed to treat is 1 / RD: the number of people offered the intervention for one
+    more (RD > 0) or one fewer (RD < 0) to have the outcome. Whether that is a benefit
+    depends on ``direction``; ``nnt_kind`` says "benefit" (number needed to treat for one
+    to benefit, NNTB) or "harm" (number needed to harm, NNTH). None when RD is 0.
+    """
+    _check_direction(direction)
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    v = _outcome(y)
+    if not np.isin(v, (0.0, 1.0)).all():
+        raise ValueError("a binary outcome must hold only 0 and 1")
+    t = _arms(treated, len(v))
+    n1, n0 = int(t.sum()), int((~t).sum())
+    a1, a0 = int(v[t].sum()), int(v[~t].sum())
+    p1, p0 = a1 / n1, a0 / n0
+    z = float(stats.norm.ppf(1 - alpha / 2))
+    rd = p1 - p0
+    se_rd = math.sqrt(p1 * (1 - p1) / n1 + p0 * (1 - p0) / n0)
+
+    rr = rr_low = rr_high = None
+    if a1 > 0 and a0 > 0:
+        rr = p1 / p0
+        se_log_rr = math.sqrt(1 / a1 - 1 / n1 + 1 / a0 - 1 / n0)
+        rr_low = math.exp(math.log(rr) - z * se_log_rr)
+        rr_high = math.exp(math.log(rr) + z * se_log_rr)
+
+    b1, b0 = n1 - a1, n0 - a0
+    odds = odds_low = odds_high = None
+    if min(a1, a0, b1, b0) > 0:
+        odds = (a1 / b1) / (a0 / b0)
+        se_log_or = math.sqrt(1 / a1 + 1 / b1 + 1 / a0 + 1 / b0)
+        odds_low = math.exp(math.log(odds) - z * se_log_or)
+        odds_high = math.exp(math.log(odds) + z * se_log_or)
+
+    if rd == 0:
+        nnt, kind = None, None
+    else:
+        nnt = 1 / rd
+        good = rd > 0 if direction == "higher_is_better" else rd < 0
+        kind = "benefit" if good else "harm"
+    return {
+        "n_treated": n1,
+        "n_control": n0,
+        "events_treated": a1,
+        "events_control": a0,
+        "treated_rate": p1,
+        "control_rate": p0,
+        "risk_difference": rd,
+        "risk_difference_low": rd - z * se_rd,
+        "risk_difference_high": rd + z * se_rd,
+        "relative_risk": rr,
+        "relative_risk_low": rr_low,
+        "relative_risk_high": rr_high,
+        "odds_ratio": odds,
+        "odds_ratio_low": odds_low,
+        "odds_ratio_high": odds_high,
+        "nnt": nnt,
+        "nnt_kind": kind,
+        "nnt_convention": (
+            "nnt = 1 / risk difference: positive means one more person with the outcome "
+            "for every nnt offered the intervention, negative one fewer for every |nnt|; "
+            "nnt_kind 'benefit' is a number needed to treat, 'harm' a number needed to harm"
+        ),
+        "confidence": 1 - alpha,
+    }
+
+
+# --- Bayesian reading ----------------------------------------------------------------
+
+
+def bayesian_reading(
+    estimate: float, std_error: float, prior: Prior, mid: float, direction: str
+) -> dict[str, Any]:
+    """Normal-normal conjugate posterior for the effect, because a commission asks "how
+    likely is it that this helps, and by as much as matters?", which a p-value does not
+    answer.
+
+    The likelihood is Normal(estimate, std_error^2). Priors:
+
+    - ``sceptical``: mean 0, sd = mid / 1.6449 (Spiegelhalter, Abrams & Myles 2004), so
+      the prior gives 5% probability to an effect beyond the minimal important difference
+      in the benefit direction. A mean or sd written beside ``kind: sceptical`` is not used;
+      the prior actually used is returned.
+    - ``normal``: the registered mean and sd.
+    - ``flat``: no prior information; the posterior is the likelihood.
+
+    Posterior precision = 1/sd0^2 + 1/se^2; posterior mean = (m0/sd0^2 + est/se^2) /
+    precision. P(benefit) is P(effect > 0) for ``higher_is_better`` and P(effect < 0) for
+    ``lower_is_better``; P(beyond MID) likewise beyond +mid or -mid; P(harm) is
+    1 - P(benefit) (the effect in the other direction).
+    """
+    _check_direction(direction)
+    if not (math.isfinite(estimate) and math.isfinite(std_error)) or std_error <= 0:
+        raise ValueError("estimate must be finite and std_error finite and positive")
+    if not mid > 0:
+        raise ValueError(f"the minimal important difference must be positive, got {mid}")
+    if prior.kind == "sceptical":
+        m0, sd0 = 0.0, mid / Z_95_ONE_SIDED
+    elif prior.kind == "normal":
+        if prior.mean is None or prior.sd is None:
+            raise ValueError("a normal prior needs mean and sd")
+        m0, sd0 = float(prior.mean), float(prior.sd)
+    elif prior.kind == "flat":
+        m0 = sd0 = None
+    else:
+        raise ValueError(f"unknown prior kind {prior.kind!r}")
+
+    if sd0 is None:
+        mean, sd = float(estimate), float(std_error)
+    else:
+        w0, w1 = 1 / sd0**2, 1 / std_error**2
+        mean = (m0 * w0 + estimate * w1) / (w0 + w1)
+        sd = math.sqrt(1 / (w0 + w1))
+
+    post = stats.norm(mean, sd)
+    if direction == "higher_is_better":
+        p_benefit = float(post.sf(0.0))
+        p_beyond = float(post.sf(mid))
+    else:
+        p_benefit = float(post.cdf(0.0))
+        p_beyond = float(post.cdf(-mid))
+    return {
+        "posterior_mean": mean,
+        "posterior_sd": sd,
+        "credible_low": float(post.ppf(0.025)),
+        "credible_high": float(post.ppf(0.975)),
+        "credible_level": 0.95,
+        "p_benefit": p_benefit,
+        "p_beyond_mid": p_beyond,
+        "p_harm": 1 - p_benefit,
+        "mid": mid,
+        "direction": direction,
+        "prior": {"kind": prior.kind, "mean": m0, "sd": sd0},
+    }
+
+
+def _ladder(p: float) -> str:
+    if p >= VERY_LIKELY:
+        return "very likely"
+    if p >= PROBABLY:
+        return "probably"
+    if p <= VERY_LIKELY_NOT:
+        return "very likely not"
+    if p <= PROBABLY_NOT:
+        return "probably not"
+    return "may or may not"
+
+
+def words_for(p_benefit: float, p_beyond_mid: float) -> str:
+    """Plain words for a Bayesian reading that never claim more than the probabilities do.
+
+    Thresholds on P(benefit), boundaries inclusive as written:
+
+    - p >= 0.95: "very likely helps"
+    - 0.80 <= p < 0.95: "probably helps"
+    - 0.20 < p < 0.80: "may help, may not"
+    - 0.05 < p <= 0.20: "probably does not help"
+    - p <= 0.05: "very likely does not help"
+
+    The same ladder on P(beyond the MID) gives the second part, about helping by at least
+    the smallest difference that matters. P(beyond MID) cannot exceed P(benefit).
+    """
+    for name, p in (("p_benefit", p_benefit), ("p_beyond_mid", p_beyond_mid)):
+        if not 0 <= p <= 1:
+            raise ValueError(f"{name} must be a probability, got {p}")
+    if p_beyond_mid > p_benefit + 1e-12:
+        raise ValueError("P(beyond the MID) cannot be larger than P(benefit)")
+    first = {
+        "very likely": "very likely helps",
+        "probably": "probably helps",
+        "may or may not": "may help, may not",
+        "probably not": "probably does not help",
+        "very likely not": "very likely does not help",
+    }[_ladder(p_benefit)]
+    second = {
+        "very likely": "very likely helps by at least the smallest difference that matters",
+        "probably": "probably helps by at least the smallest difference that matters",
+        "may or may not": "may or may not help by as much as the smallest difference that matters",
+        "probably not": "probably does not help by as much as the smallest difference that matters",
+        "very likely not": "very likely does not help by as much as the smallest difference "
+        "that matters",
+    }[_ladder(p_beyond_mid)]
+    return f"{first[0].upper()}{first[1:]}; it {second}."
+
+
+# --- baseline balance ----------------------------------------------------------------
+
+
+def _flag(smd: float) -> str:
+    a = abs(smd)
+    if a > SMD_IMBALANCED:
+        return "imbalanced"
+    if a > SMD_ADJUST:
+        return "adjust"
+    return "balanced"
+
+
+def _smd(diff: float, sd: float) -> float:
+    if sd != 0:
+        return diff / sd
+    # no variation in either arm: identical (0) or entirely separated (infinite)
+    return 0.0 if diff == 0 else math.copysign(math.inf, diff)
+
+
+def _smd_row(
+    variable: str, level: str | None, kind: str, x1: np.ndarray, x0: np.ndarray
+) -> dict[str, Any]:
+    n1, n0 = len(x1), len(x0)
+    m1 = float(x1.mean()) if n1 else math.nan
+    m0 = float(x0.mean()) if n0 else math.nan
+    enough = n1 > 0 and n0 > 0 and n1 + n0 > 2
+    sd = _pooled_sd(x1, x0) if enough else math.nan
+    smd = _smd(m1 - m0, sd) if enough else math.nan
+    return {
+        "variable": variable,
+        "level": level,
+        "kind": kind,
+        "n_treated": n1,
+        "n_control": n0,
+        "mean_treated": m1,
+        "mean_control": m0,
+        "sd_pooled": sd,
+        "smd": smd,
+        "flag": _flag(smd) if not math.isnan(smd) else "not enough data",
+    }
+
+
+def standardised_differences(baseline: pd.DataFrame, treated: np.ndarray) -> list[dict]:
+    """Balance table: were the arms alike before the intervention started?
+
+    Numeric columns (booleans count as numeric 0/1): difference in means (treated minus
+    control) over the pooled SD. Other columns are categorical: one row per level, the
+    difference in proportions over the pooled SD of the 0/1 indicator. The pooled SD has
+    n - 2 degrees of freedom; missing values are left out column by column.
+
+    Flags follow the What Works Clearinghouse baseline-equivalence convention: |SMD| <=
+    0.05 "balanced", 0.05 < |SMD| <= 0.25 "adjust" (adjust for it in the analysis),
+    |SMD| > 0.25 "imbalanced". (The WWC itself computes Hedges' g for continuous and the
+    Cox index for binary characteristics; these plain SMDs are close to g for continuous
+    ones and differ from the Cox index for binary ones.)
+    """
+    t = _arms(treated, len(baseline))
+    rows: list[dict] = []
+    for col in baseline.columns:
+        s = baseline[col]
+        keep = s.notna().to_numpy()
+        tt = t[keep]
+        s = s[keep]
+        name = str(col)
+        if pd.api.types.is_bool_dtype(s) or pd.api.types.is_numeric_dtype(s):
+            x = s.to_numpy(dtype=float)
+            kind = "binary" if pd.api.types.is_bool_dtype(s) else "numeric"
+            rows.append(_smd_row(name, None, kind, x[tt], x[~tt]))
+            continue
+        levels = (
+            list(s.cat.categories)
+            if isinstance(s.dtype, pd.CategoricalDtype)
+            else sorted(s.unique(), key=str)
+        )
+        for level in levels:
+            x = (s == level).to_numpy(dtype=float)
+            rows.append(_smd_row(name, str(level), "category", x[tt], x[~tt]))
+    return rows
+
+
+# --- multiplicity --------------------------------------------------------------------
+
+
+def adjust_pvalues(pvalues: Sequence[float], method: str) -> list[float]:
+    """P-values adjusted for several outcomes or subgroups, with the registered method.
+
+    "holm", "bonferroni", "hochberg" (Simes-Hochberg step-up, also accepted as
+    "simes-hochberg") and "fdr_bh" (Benjamini-Hochberg false discovery rate) are computed
+    by ``statsmodels.stats.multitest.multipletests``; "none" returns them unchanged.
+    """
+    p = [float(x) for x in pvalues]
+    if any(not 0 <= x <= 1 for x in p):
+        raise ValueError("p-values must be between 0 and 1")
+    if method == "none":
+        return p
+    if method not in _MULTITEST:
+        raise ValueError(f"unknown method {method!r}; use one of none, {', '.join(_MULTITEST)}")
+    if not p:
+        return []
+    return [float(x) for x in multipletests(p, method=_MULTITEST[method])[1]]
+
+
+# --- attrition -----------------------------------------------------------------------
+
+
+def attrition(randomised_by_arm: dict[str, int], analysed_by_arm: dict[str, int]) -> dict:
+    """Overall and differential attrition, because losing people unevenly between arms can
+    bias a randomised comparison however it is analysed.
+
+    Attrition in an arm is the share of those randomised who are not analysed. Overall
+    attrition pools all arms; differential attrition is the largest arm rate minus the
+    smallest, in percentage points. No judgement against the WWC attrition boundary is
+    made here: only the rates.
+    """
+    if set(randomised_by_arm) != set(analysed_by_arm):
+        raise ValueError("randomised and analysed must name the same arms")
+    if len(randomised_by_arm) < 2:
+        raise ValueError("attrition needs at least two arms")
+    by_arm = {}
+    for arm, r in randomised_by_arm.items():
+        a = analysed_by_arm[arm]
+        if r <= 0:
+            raise ValueError(f"arm {arm!r}: nobody randomised")
+        if not 0 <= a <= r:
+            raise ValueError(f"arm {arm!r}: {a} analysed of {r} randomised")
+        by_arm[arm] = 100 * (r - a) / r
+    total_r = sum(randomised_by_arm.values())
+    total_a = sum(analysed_by_arm.values())
+    return {
+        "randomised": total_r,
+        "analysed": total_a,
+        "overall_percent": 100 * (total_r - total_a) / total_r,
+        "differential_points": max(by_arm.values()) - min(by_arm.values()),
+        "by_arm_percent": by_arm,
+    }
