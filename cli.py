@@ -968,6 +968,74 @@ def estimate(
 
 
 @cli.command()
+@click.argument("pilot")
+@click.option(
+    "--exploratory",
+    is_flag=True,
+    help="Run on a protocol file that differs from its registration; everything "
+    "produced is labelled exploratory, with the changes listed.",
+)
+@click.option("--as-of", default=None, help="Date the analysis is for (default today).")
+@click.option("--json", "as_json", is_flag=True, help="Print results.json to the screen too.")
+@pass_app
+def analyse(app: App, pilot: str, exploratory: bool, as_of: str | None, as_json: bool) -> None:
+    """Run the registered analysis plan and write analyses/PILOT/results.json.
+
+    Example: evalkit analyse hackney-keyworker
+    """
+    from datetime import date
+
+    from evalkit.results import run
+
+    path, res = run(
+        app.store(),
+        app.keyring(),
+        app.workspace.root,
+        pilot,
+        date.fromisoformat(as_of or _today()),
+        exploratory,
+    )
+    if as_json:
+        _emit(res)
+        return
+    p = res["primary"]
+    e = p["effect"]
+    level = round(100 * (1 - res["alpha"]))
+    if res["exploratory"]:
+        click.echo(
+            "EXPLORATORY: the protocol differs from its registration: "
+            + "; ".join(res["deviations"])
+        )
+    click.echo(f"{pilot}: primary outcome {p['outcome']} ({p['label']})")
+    if e is None:
+        click.echo(f"  not estimable: {p.get('not_estimable')}")
+    else:
+        click.echo(
+            f"  effect {e['estimate']:.4g} (SE {e['std_error']:.4g}, {e['se_type']}, "
+            f"df {e['df']:.4g}), p = {e['p_value']:.3g}, {level}% CI "
+            f"{e['conf_low']:.4g} to {e['conf_high']:.4g}; n = {e['n']}"
+        )
+        ri, wcb = p.get("randomisation_inference"), p.get("wild_cluster_bootstrap")
+        if ri:
+            click.echo(f"  randomisation inference ({ri['design']}): p = {ri['p_value']:.3g}")
+        if wcb:
+            click.echo(
+                f"  wild cluster bootstrap: p = {wcb['p_value']:.3g}, {level}% CI "
+                f"{wcb['conf_low']:.4g} to {wcb['conf_high']:.4g}"
+            )
+        click.echo(f"  Bayesian reading: {p['bayes']['words']}")
+    for s in res["secondary"]:
+        if s["effect"]:
+            click.echo(
+                f"  secondary {s['outcome']}: {s['effect']['estimate']:.4g}, adjusted "
+                f"p = {s['adjusted_p_value']:.3g} ({s['multiplicity']})"
+            )
+    for item in res["not_run"]:
+        click.echo(f"  not run (not built yet): {item}")
+    click.echo(f"wrote {path}")
+
+
+@cli.command()
 @click.option(
     "--dir",
     "directory",

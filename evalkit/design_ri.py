@@ -60,13 +60,22 @@ def redraw(protocol: Protocol, entries: list[Entry], arm: str, draws: int, seed:
     d = protocol.design
     if protocol.unit.level == "place":
         return _place_design(protocol, entries, people, units, arm, draws, seed)
+    if isinstance(d, BlockedDesign):
+        strata = [stratum_label(d.strata, e.baseline) for e in people]
+        treated = blocked_redraws(
+            strata, arms, ratios, d.block_sizes, arm, draws, np.random.default_rng(seed)
+        )
+        return Redraws(
+            units,
+            treated,
+            False,
+            f"permuted blocks (sizes {d.block_sizes}) "
+            f"re-drawn {draws} times within each stratum in the order of arrival",
+        )
     out = np.zeros((draws, len(people)), dtype=np.int8)
     for b in range(draws):
         rngs = RngFactory.for_test(seed * 1_000_003 + b)
-        if isinstance(d, BlockedDesign):
-            strata = [stratum_label(d.strata, e.baseline) for e in people]
-            got = A.blocked(strata, arms, ratios, d.block_sizes, rngs).arms
-        elif isinstance(d, MinimisationDesign):
+        if isinstance(d, MinimisationDesign):
             factors = [(f.field, f.weight) for f in d.factors]
             levels = [
                 {f: stratum_label([f], e.baseline).split("=", 1)[1] for f, _ in factors}
@@ -81,6 +90,50 @@ def redraw(protocol: Protocol, entries: list[Entry], arm: str, draws: int, seed:
     return Redraws(
         units, out, False, f"{d.method} design re-run {draws} times in the order of arrival"
     )
+
+
+def blocked_redraws(
+    strata: list[str],
+    arms: list[str],
+    ratios: list[float],
+    block_sizes: list[int],
+    arm: str,
+    draws: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Permuted blocks with random sizes, re-drawn for all draws at once.
+
+    In each stratum, positions are padded to a whole last block; each position gets a
+    random key, positions are ranked by (block, key), and a position's arm follows from
+    its rank within its block, so every block is a uniformly random permutation of its
+    arms and a part-filled last block is a prefix of one, as in the registered procedure.
+    """
+    total = sum(ratios)
+    k = arms.index(arm)
+    lo_share = sum(ratios[:k]) / total
+    hi_share = sum(ratios[: k + 1]) / total
+    sizes_choice = np.asarray(block_sizes, dtype=np.int64)
+    index: dict[str, list[int]] = {}
+    for i, s in enumerate(strata):
+        index.setdefault(s, []).append(i)
+    out = np.zeros((draws, len(strata)), dtype=np.int8)
+    for members in index.values():
+        n = len(members)
+        length = n + int(sizes_choice.max())
+        n_blocks = length // int(sizes_choice.min()) + 1
+        sizes = sizes_choice[rng.integers(0, sizes_choice.size, size=(draws, n_blocks))]
+        ends = np.cumsum(sizes, axis=1)
+        positions = np.arange(length)
+        block = (positions[None, :, None] >= ends[:, None, :]).sum(axis=2)  # (draws, length)
+        size_of = np.take_along_axis(sizes, block, axis=1)
+        order = np.lexsort((rng.random((draws, length)), block), axis=1)
+        start = np.take_along_axis(ends - sizes, block, axis=1)
+        rank = np.empty_like(order)
+        np.put_along_axis(rank, order, np.arange(length)[None, :].repeat(draws, 0), axis=1)
+        within = rank - start
+        chosen = (within >= np.round(lo_share * size_of)) & (within < np.round(hi_share * size_of))
+        out[:, members] = chosen[:, :n]
+    return out
 
 
 def _complete_batches(people: list[Entry], arms, ratios, rngs: RngFactory) -> list[str]:

@@ -17,6 +17,9 @@ def test_demo_runs_every_built_step_and_every_log_verifies(tmp_path):
     assert "synthetic" in res.output
     assert "5. Import outcomes from each agency's file" in res.output
     assert "6. Verify every allocation log" in res.output
+    assert "7. Run each registered analysis" in res.output
+    for pilot in ("demo-keyworker", "demo-estates", "demo-front-door"):
+        assert (target / "analyses" / pilot / "results.json").is_file()
     store = Store.open(f"sqlite:///{target / 'evalkit.db'}")
     try:
         assert store.pilot_ids() == ["demo-estates", "demo-front-door", "demo-keyworker"]

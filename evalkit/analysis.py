@@ -1,0 +1,383 @@
+"""The registered analysis: the protocol's plan run on the analysis data set, as plain data
+ready for results.json. Pure over its inputs; the seed comes from the pilot's secret, so
+nobody can try seeds until a p-value pleases them.
+
+Built: intention-to-treat effects for every outcome with the registered standard errors
+(every other type beside them), rates, odds ratio and effect sizes, randomisation
+inference that replays the registered design, the wild cluster bootstrap, multiplicity
+adjustment of secondary outcomes, the Bayesian reading, balance, attrition and costs.
+Not yet built: multiple imputation and inverse probability weighting, mixed-model and
+panel versions of the stepped wedge, CACE and subgroup analyses; results.json says so in
+``not_run`` rather than leaving them out silently.
+"""
+
+from __future__ import annotations
+
+import platform
+from datetime import date
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from evalkit import __version__
+from evalkit import costs as C
+from evalkit import effects as E
+from evalkit.design_ri import redraw
+from evalkit.estimators import design_matrix, estimate_effect
+from evalkit.inference import randomisation_test, wild_cluster_bootstrap
+from evalkit.ledger import Entry
+from evalkit.protocol import Outcome, Protocol, SteppedWedgeDesign
+
+SCHEMA_VERSION = "1.0"
+OTHER_SE = {"HC2": ["hc1"], "HC1": ["hc2"], "CR2": ["cr1"], "CR1": ["cr2"]}
+
+
+def _num(x: Any) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if np.isfinite(v) else None
+
+
+def _model(protocol: Protocol, o: Outcome) -> str:
+    chosen = next((m.model for m in protocol.analysis.models if m.outcome == o.name), None)
+    return chosen or {"binary": "linear_probability", "continuous": "ols", "count": "ols"}[o.type]
+
+
+def _frame(protocol: Protocol, rows: list[dict[str, Any]], o: Outcome) -> pd.DataFrame:
+    """The people whose outcome is observed, with what the model needs."""
+    frame = pd.DataFrame(rows)
+    frame = frame[frame[f"{o.name}_status"] == "observed"].copy()
+    frame[o.name] = frame[o.name].astype(float)
+    if isinstance(protocol.design, SteppedWedgeDesign):
+        frame["period"] = frame["period"].astype(str)  # period fixed effects
+    needed = [o.name, "arm", *protocol.analysis.covariates]
+    if protocol.unit.level == "place":
+        needed.append("place")
+    return frame.dropna(subset=needed)
+
+
+def _covariates(protocol: Protocol) -> list[str]:
+    extra = ["period"] if isinstance(protocol.design, SteppedWedgeDesign) else []
+    return [*protocol.analysis.covariates, *extra]
+
+
+def outcome_effect(
+    protocol: Protocol,
+    o: Outcome,
+    rows: list[dict[str, Any]],
+    entries: list[Entry],
+    primary: bool,
+    seed: int,
+) -> dict[str, Any]:
+    """Every registered number for one outcome (the sensitivity analyses for the primary)."""
+    a = protocol.analysis
+    arms = [protocol.arms[0].name, protocol.arms[1].name]
+    frame = _frame(protocol, rows, o)
+    cluster = "place" if protocol.unit.level == "place" else None
+    covariates = _covariates(protocol)
+    counts = {arm: int((frame["arm"] == arm).sum()) for arm in arms}
+    out: dict[str, Any] = {
+        "outcome": o.name,
+        "label": o.label,
+        "wording": o.wording,
+        "type": o.type,
+        "primary": primary,
+        "direction": o.direction,
+        "minimal_important_difference": o.minimal_important_difference,
+        "source": o.source,
+        "model": _model(protocol, o),
+        "analysed": counts,
+        "covariates": covariates,
+        "effect": None,
+        "other_standard_errors": [],
+    }
+    if min(counts.values()) < 2:
+        out["not_estimable"] = "fewer than two people with this outcome in an arm"
+        return out
+    eff = estimate_effect(frame, o.name, "arm", covariates, cluster, None, a.se, a.alpha, arms)
+    out["effect"] = {
+        **eff.as_dict(),
+        "scale": "difference in proportions" if o.type == "binary" else "difference in means",
+    }
+    for other in OTHER_SE[eff.se_type]:
+        out["other_standard_errors"].append(
+            estimate_effect(
+                frame, o.name, "arm", covariates, cluster, None, other, a.alpha, arms
+            ).as_dict()
+        )
+    y = frame[o.name].to_numpy(dtype=float)
+    t = (frame["arm"] == arms[1]).to_numpy().astype(int)
+    out["means"] = {arm: float(y[t == k].mean()) for k, arm in enumerate(arms)}
+    clusters = frame["place"].to_numpy() if cluster else None
+    if o.type == "binary":
+        out["binary"] = _clean(E.binary_effects(y, t, a.alpha))
+        out["odds_ratio"] = _odds_ratio(frame, o, covariates, arms[1])
+    else:
+        wedge = isinstance(protocol.design, SteppedWedgeDesign)  # places cross over
+        out["hedges_g"] = _clean(E.hedges_g(y, t, None if wedge else clusters))
+    bayes = E.bayesian_reading(
+        eff.estimate, eff.std_error, a.prior, o.minimal_important_difference, o.direction
+    )
+    out["bayes"] = _clean(bayes)
+    out["bayes"]["words"] = E.words_for(bayes["p_benefit"], bayes["p_beyond_mid"])
+    if primary:
+        out["randomisation_inference"] = _ri(
+            protocol, frame, o, covariates, entries, rows, arms[1], seed
+        )
+        out["wild_cluster_bootstrap"] = _wcb(protocol, frame, o, covariates, arms, seed)
+    return out
+
+
+def _clean(d: dict[str, Any]) -> dict[str, Any]:
+    """JSON-ready: numpy numbers to floats, non-finite to None, nested dicts too."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out[k] = _clean(v)
+        elif isinstance(v, bool | str) or v is None:
+            out[k] = v
+        elif isinstance(v, int | float | np.number):
+            out[k] = _num(v)
+        else:
+            out[k] = v
+    return out
+
+
+def _odds_ratio(
+    frame: pd.DataFrame, o: Outcome, covariates: list[str], treated: str
+) -> dict[str, Any] | None:
+    """Logistic model as a secondary presentation; None when it cannot be fitted."""
+    import statsmodels.api as sm
+
+    d = design_matrix(
+        frame,
+        o.name,
+        "arm",
+        covariates,
+        None,
+        None,
+        [a for a in frame["arm"].unique() if a != treated] + [treated],
+    )
+    try:
+        fit = sm.GLM(d.y, d.X, family=sm.families.Binomial()).fit()
+    except Exception as exc:  # perfect separation and friends
+        return {"not_estimable": str(exc).splitlines()[0]}
+    low, high = fit.conf_int()[1]
+    return {
+        "odds_ratio": _num(np.exp(fit.params[1])),
+        "conf_low": _num(np.exp(low)),
+        "conf_high": _num(np.exp(high)),
+        "p_value": _num(fit.pvalues[1]),
+    }
+
+
+def _ri(
+    protocol: Protocol,
+    frame: pd.DataFrame,
+    o: Outcome,
+    covariates: list[str],
+    entries: list[Entry],
+    rows: list[dict[str, Any]],
+    treated: str,
+    seed: int,
+) -> dict[str, Any] | None:
+    plan = protocol.analysis.sensitivity.randomisation_inference
+    if plan is None:
+        return None
+    r = redraw(protocol, entries, treated, plan.draws, seed)
+    position = {u: i for i, u in enumerate(r.units)}
+    columns = [position[u] for u in frame["unit"]]
+    d = design_matrix(
+        frame,
+        o.name,
+        "arm",
+        covariates,
+        "place" if protocol.unit.level == "place" else None,
+        None,
+        [protocol.arms[0].name, treated],
+    )
+    t = d.X[:, 1]
+    test = randomisation_test(
+        d.y,
+        np.delete(d.X, 1, axis=1),
+        t,
+        r.treated[:, columns],
+        plan.statistic,
+        r.exact,
+        d.clusters,
+    )
+    return {
+        "p_value": _num(test.p_value),
+        "observed": _num(test.observed),
+        "draws": int(test.draws),
+        "exact": bool(test.exact),
+        "statistic": plan.statistic,
+        "design": r.description,
+        "null_quantiles": [_num(q) for q in np.quantile(test.null, [0.025, 0.5, 0.975])],
+    }
+
+
+def _wcb(
+    protocol: Protocol,
+    frame: pd.DataFrame,
+    o: Outcome,
+    covariates: list[str],
+    arms: list[str],
+    seed: int,
+) -> dict[str, Any] | None:
+    plan = protocol.analysis.sensitivity.wild_cluster_bootstrap
+    if plan is None or protocol.unit.level != "place":
+        return None
+    d = design_matrix(frame, o.name, "arm", covariates, "place", None, arms)
+    wb = wild_cluster_bootstrap(
+        d.y,
+        d.X,
+        d.clusters,
+        1,
+        plan.draws,
+        rng=np.random.default_rng([seed, 2]),
+        alpha=protocol.analysis.alpha,
+    )
+    return {
+        "p_value": _num(wb.p_value),
+        "conf_low": _num(wb.conf_low),
+        "conf_high": _num(wb.conf_high),
+        "draws": int(wb.draws),
+        "weights": wb.weights,
+    }
+
+
+def _costs(
+    protocol: Protocol, rows: list[dict[str, Any]], effects: dict[str, float], seed: int
+) -> dict[str, Any]:
+    control, treated = protocol.arms[0].name, protocol.arms[1].name
+    arms = [a.name for a in protocol.arms]
+    delta = C.incremental_cost(protocol.costs, control, treated)
+    n_treated = sum(r["arm"] == treated for r in rows)
+    out: dict[str, Any] = {
+        "currency": protocol.costs.currency,
+        "price_year": protocol.costs.price_year,
+        "per_participant": C.cost_per_participant(protocol.costs, arms),
+        "incremental": delta,
+        "by_agency": C.value_by_agency(protocol.costs, effects, n_treated, control, treated),
+    }
+    primary = protocol.primary
+    if primary.type == "binary" and primary.name in effects:
+        frame = pd.DataFrame(rows)
+        frame = frame[frame[f"{primary.name}_status"] == "observed"]
+        y = frame[primary.name].to_numpy(dtype=float)
+        t = (frame["arm"] == treated).to_numpy().astype(int)
+        clusters = frame["place"].to_numpy() if protocol.unit.level == "place" else None
+        effect = effects[primary.name]
+        out["per_additional_outcome"] = {
+            "outcome": primary.name,
+            "point": C.cost_per_additional_outcome(delta["total"], effect),
+            "words": C.describe_ratio(delta["total"], effect),
+        }
+        if not isinstance(protocol.design, SteppedWedgeDesign):
+            out["per_additional_outcome"]["bootstrap"] = _clean(
+                C.bootstrap_cost_per_outcome(
+                    y,
+                    t,
+                    delta["total"],
+                    1999,
+                    np.random.default_rng([seed, 3]),
+                    protocol.analysis.alpha,
+                    clusters,
+                )
+            )
+    return out
+
+
+def analyse(
+    protocol: Protocol,
+    rows: list[dict[str, Any]],
+    entries: list[Entry],
+    tracking: dict[str, Any],
+    seed: int,
+    today: date,
+    exploratory: list[str],
+    provenance: dict[str, Any],
+) -> dict[str, Any]:
+    """results.json as plain data. ``exploratory`` lists the deviations from the
+    registered plan (empty when the registered plan was run)."""
+    if len(protocol.arms) != 2:
+        raise ValueError("the analysis of pilots with more than two arms is not built yet")
+    results = [
+        outcome_effect(protocol, o, rows, entries, o.primary, seed) for o in protocol.outcomes
+    ]
+    secondary = [r for r in results if not r["primary"] and r["effect"]]
+    adjusted = E.adjust_pvalues(
+        [r["effect"]["p_value"] for r in secondary], protocol.analysis.multiplicity
+    )
+    for r, p in zip(secondary, adjusted, strict=True):
+        r["adjusted_p_value"] = _num(p)
+        r["multiplicity"] = protocol.analysis.multiplicity
+    frame = pd.DataFrame(rows)
+    treated = (frame["arm"] == protocol.arms[1].name).to_numpy().astype(int)
+    base_cols = [
+        f.name for f in protocol.fields if not f.identifier and f.name != protocol.unit.place_field
+    ]
+    balance = E.standardised_differences(frame[base_cols], treated) if len(frame) else []
+    primary = next(r for r in results if r["primary"])
+    c = tracking["consort"]
+    due = {a["arm"]: a["randomised"] - a["not_yet_due"] for a in c["arms"]}
+    analysed = {a["arm"]: a["analysed"] for a in c["arms"]}
+    effects = {r["outcome"]: r["effect"]["estimate"] for r in results if r["effect"]}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "pilot": {
+            "id": protocol.id,
+            "title": protocol.title,
+            "version": protocol.version,
+            "summary": protocol.summary,
+            "area": protocol.reporting.audience.area,
+        },
+        "exploratory": bool(exploratory),
+        "deviations": exploratory,
+        "as_of": today.isoformat(),
+        "arms": [
+            {"name": a.name, "label": a.label, "description": a.description, "control": i == 0}
+            for i, a in enumerate(protocol.arms)
+        ],
+        "design": protocol.design.method,
+        "unit": protocol.unit.level,
+        "alpha": protocol.analysis.alpha,
+        "estimand": protocol.analysis.estimand,
+        "primary": primary,
+        "secondary": [r for r in results if not r["primary"]],
+        "balance": [_clean(b) for b in balance],
+        "attrition": _clean(E.attrition(due, analysed)) if sum(due.values()) else None,
+        "consort": c,
+        "progression": tracking["progression"],
+        "costs": _costs(protocol, rows, effects, seed),
+        "context": tracking["notes"],
+        "not_run": _not_run(protocol),
+        "provenance": {
+            **provenance,
+            "python": platform.python_version(),
+            "evalkit": __version__,
+            "seed_source": "HMAC of the pilot's secret",
+        },
+    }
+
+
+def _not_run(protocol: Protocol) -> list[str]:
+    """Registered analyses this version of evalkit cannot run yet, named openly."""
+    a = protocol.analysis
+    out = []
+    if a.sensitivity.missing_data != "none":
+        out.append(f"missing data by {a.sensitivity.missing_data.replace('_', ' ')}")
+    if a.estimand == "CACE":
+        out.append("CACE by instrumental variables")
+    if a.subgroups:
+        out.append("subgroup analyses: " + ", ".join(a.subgroups))
+    if isinstance(protocol.design, SteppedWedgeDesign):
+        out.append(
+            "stepped wedge with random place intercepts (MixedLM) and place fixed "
+            "effects (PanelOLS); period fixed effects with CR2 were run"
+        )
+    return out

@@ -1,0 +1,113 @@
+"""`evalkit analyse` runs the registered plan on every demo pilot and writes results.json;
+the numbers in it are the ones the estimators give on the exported analysis data."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from cli import cli
+from evalkit.estimators import estimate_effect
+from evalkit.protocol_file import load_protocol
+from evalkit.results import check_results
+from evalkit.store import Store
+from evalkit.tracking import track
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    keys = str(tmp_path_factory.mktemp("keys"))
+    target = tmp_path_factory.mktemp("d") / "demo"
+    res = CliRunner(env={"EVALKIT_KEY_DIR": keys}).invoke(
+        cli, ["demo", "--dir", str(target)], catch_exceptions=False
+    )
+    assert res.exit_code == 0, res.output
+    return SimpleNamespace(root=target, keys=keys)
+
+
+def analyse(demo, pilot, *extra, ok=0):
+    res = CliRunner(env={"EVALKIT_KEY_DIR": demo.keys}).invoke(
+        cli, ["--workspace", str(demo.root), "analyse", pilot, *extra], catch_exceptions=False
+    )
+    assert res.exit_code == ok, res.output
+    return res.output
+
+
+@pytest.mark.parametrize(
+    ("pilot", "se", "ri"),
+    [
+        ("demo-keyworker", "HC2", "permuted blocks"),
+        ("demo-estates", "CR2", "all 256 splits of the 8 pairs"),
+        ("demo-front-door", "CR2", "stepped wedge: all 90 orders"),
+    ],
+)
+def test_results_match_the_estimators_on_the_exported_data(demo, pilot, se, ri):
+    out = analyse(demo, pilot)
+    assert f"wrote {demo.root / 'analyses' / pilot / 'results.json'}" in out
+    results = json.loads((demo.root / "analyses" / pilot / "results.json").read_text())
+    check_results(results)
+    assert results["exploratory"] is False and results["deviations"] == []
+    protocol, _ = load_protocol(demo.root / "protocols" / f"{pilot}.yaml")
+    store = Store.open(f"sqlite:///{demo.root / 'evalkit.db'}")
+    rows = track(store, protocol, date.fromisoformat(results["as_of"])).dataset.rows
+    store.close()
+    frame = pd.DataFrame(rows)
+    primary = protocol.primary.name
+    frame = frame[frame[f"{primary}_status"] == "observed"].copy()
+    covariates = list(protocol.analysis.covariates)
+    if protocol.design.method == "stepped_wedge":
+        frame["period"] = frame["period"].astype(str)
+        covariates.append("period")
+    cluster = "place" if protocol.unit.level == "place" else None
+    arms = [a.name for a in protocol.arms]
+    direct = estimate_effect(
+        frame, primary, "arm", covariates, cluster, None, "auto", 0.05, arms
+    ).as_dict()
+    got = results["primary"]["effect"]
+    for k in ("estimate", "std_error", "df", "p_value", "conf_low", "conf_high"):
+        assert got[k] == pytest.approx(direct[k], rel=1e-12), k
+    assert got["se_type"] == se
+    ri_result = results["primary"]["randomisation_inference"]
+    assert ri_result["design"].startswith(ri)
+    assert 0 < ri_result["p_value"] <= 1
+    means = results["primary"]["means"]
+    for arm in arms:
+        assert means[arm] == pytest.approx(frame.loc[frame["arm"] == arm, primary].mean())
+    assert results["consort"]["randomised"] == len(rows)
+    assert results["provenance"]["log_head"] and results["provenance"]["data_vintage"]
+    secondary = [s for s in results["secondary"] if s["effect"]]
+    assert all(s["adjusted_p_value"] >= s["effect"]["p_value"] for s in secondary)
+
+
+def test_rerunning_gives_the_same_file(demo):
+    analyse(demo, "demo-estates")
+    first = (demo.root / "analyses" / "demo-estates" / "results.json").read_text()
+    analyse(demo, "demo-estates")
+    assert (demo.root / "analyses" / "demo-estates" / "results.json").read_text() == first
+
+
+def test_a_changed_protocol_is_refused_unless_exploratory(demo):
+    path = demo.root / "protocols" / "demo-keyworker.yaml"
+    original = path.read_text()
+    try:
+        path.write_text(
+            original.replace(
+                "covariates: [age, benefit, months_unemployed, referral_route]", "covariates: [age]"
+            )
+        )
+        refused = analyse(demo, "demo-keyworker", ok=1)
+        assert "analysis.covariates" in refused
+        out = analyse(demo, "demo-keyworker", "--exploratory")
+        assert out.startswith("EXPLORATORY")
+        results = json.loads(
+            (demo.root / "analyses" / "demo-keyworker" / "results.json").read_text()
+        )
+        assert results["exploratory"] is True
+        assert any("analysis.covariates" in d for d in results["deviations"])
+    finally:
+        path.write_text(original)
