@@ -369,6 +369,12 @@ def _not_run(protocol: Protocol) -> list[str]:
     """Registered analyses this version of evalkit cannot run yet, named openly."""
     a = protocol.analysis
     out = []
+    for m in a.models:
+        if m.model in {"poisson", "negative_binomial", "logistic"}:
+            out.append(
+                f"{m.outcome}: the registered {m.model.replace('_', ' ')} model (the "
+                "linear model's difference was run and is reported)"
+            )
     if a.sensitivity.missing_data != "none":
         out.append(f"missing data by {a.sensitivity.missing_data.replace('_', ' ')}")
     if a.estimand == "CACE":

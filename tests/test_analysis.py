@@ -111,3 +111,22 @@ def test_a_changed_protocol_is_refused_unless_exploratory(demo):
         assert any("analysis.covariates" in d for d in results["deviations"])
     finally:
         path.write_text(original)
+
+
+def test_registered_models_not_built_are_named_not_hidden():
+    from evalkit.analysis import _not_run
+    from evalkit.protocol_file import parse_protocol
+    from tests.conftest import REPO
+
+    text = (REPO / "protocols" / "hackney-estates.yaml").read_text()
+    assert "    - outcome: crisis_contacts\n      model: ols" in text
+    p, _ = parse_protocol(
+        text.replace(
+            "    - outcome: crisis_contacts\n      model: ols",
+            "    - outcome: crisis_contacts\n      model: poisson",
+        ),
+        "x",
+    )
+    not_run = _not_run(p)
+    assert any(item.startswith("crisis_contacts: the registered poisson model") for item in not_run)
+    assert "subgroup analyses: benefit" in not_run
