@@ -6,8 +6,9 @@ Built: intention-to-treat effects for every outcome with the registered standard
 (every other type beside them), rates, odds ratio and effect sizes, randomisation
 inference that replays the registered design, the wild cluster bootstrap, multiplicity
 adjustment of secondary outcomes, the Bayesian reading, balance, attrition and costs.
-Not yet built: multiple imputation and inverse probability weighting, mixed-model and
-panel versions of the stepped wedge, CACE and subgroup analyses; results.json says so in
+Also: subgroup effects with interaction tests, and CACE by instrumental variables when
+receipt is recorded. Not yet built: multiple imputation and inverse probability
+weighting, mixed-model and panel versions of the stepped wedge; results.json says so in
 ``not_run`` rather than leaving them out silently.
 """
 
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from evalkit import __version__
-from evalkit import costs as C
+from evalkit import costs as costing
 from evalkit import effects as E
 from evalkit.design_ri import redraw
 from evalkit.estimators import design_matrix, estimate_effect
@@ -124,11 +125,127 @@ def outcome_effect(
     out["bayes"] = _clean(bayes)
     out["bayes"]["words"] = E.words_for(bayes["p_benefit"], bayes["p_beyond_mid"])
     if primary:
+        out["subgroups"] = [
+            subgroup_effects(protocol, rows, name) for name in protocol.analysis.subgroups
+        ]
+        out["cace"] = cace(protocol, rows)
         out["randomisation_inference"] = _ri(
             protocol, frame, o, covariates, entries, rows, arms[1], seed
         )
         out["wild_cluster_bootstrap"] = _wcb(protocol, frame, o, covariates, arms, seed)
     return out
+
+
+def subgroup_effects(protocol: Protocol, rows: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    """The primary effect within each level of a pre-specified subgroup, and a test of
+    whether it differs between levels (arm-by-level interaction, Wald test with the same
+    kind of robust covariance). Flagged underpowered when an interaction as large as the
+    minimal important difference would be detected with less than 80% power."""
+    import statsmodels.formula.api as smf
+
+    a, o = protocol.analysis, protocol.primary
+    arms = [protocol.arms[0].name, protocol.arms[1].name]
+    frame = _frame(protocol, rows, o)
+    frame = frame.dropna(subset=[name])
+    frame[name] = frame[name].astype(str)
+    cluster = "place" if protocol.unit.level == "place" else None
+    covariates = [c for c in _covariates(protocol) if c != name]
+    levels = []
+    for level, part in frame.groupby(name, sort=True):
+        if (
+            part["arm"].nunique() < 2
+            or part["arm"].value_counts().min() < 2
+            or (cluster and part.groupby("arm")["place"].nunique().min() < 2)
+        ):
+            levels.append({"level": level, "n": len(part), "effect": None})
+            continue
+        try:
+            eff = estimate_effect(
+                part, o.name, "arm", covariates, cluster, None, a.se, a.alpha, arms
+            )
+            levels.append({"level": level, "n": len(part), "effect": eff.as_dict()})
+        except ValueError as exc:
+            levels.append(
+                {"level": level, "n": len(part), "effect": None, "not_estimable": str(exc)}
+            )
+    frame["treated"] = (frame["arm"] == arms[1]).astype(int)
+    frame["_y"] = frame[o.name].astype(float)
+    terms = " + ".join(f"C({c})" if frame[c].dtype == object else c for c in covariates)
+    formula = f"_y ~ treated * C({name})" + (f" + {terms}" if terms else "")
+    out: dict[str, Any] = {"subgroup": name, "levels": levels, "interaction_p_value": None}
+    if frame[name].nunique() < 2:
+        out["not_estimable"] = "only one level observed"
+        return out
+    try:
+        model = smf.ols(formula, data=frame)
+        fit = (
+            model.fit(cov_type="cluster", cov_kwds={"groups": frame["place"]})
+            if cluster
+            else model.fit(cov_type="HC2")
+        )
+        names = [n for n in fit.params.index if n.startswith("treated:")]
+        test = fit.wald_test(", ".join(f"{n} = 0" for n in names), scalar=True)
+        out["interaction_p_value"] = _num(test.pvalue)
+        largest_se = max(float(fit.bse[n]) for n in names)
+        out["interaction_detectable"] = _num(2.8 * largest_se)
+        out["underpowered"] = bool(2.8 * largest_se > o.minimal_important_difference)
+    except Exception as exc:  # singular designs in small subgroups
+        out["not_estimable"] = str(exc).splitlines()[0]
+    return out
+
+
+def cace(protocol: Protocol, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Complier average causal effect of receiving the intervention, by instrumental
+    variables (assignment instruments receipt; nobody in the control arm receives it),
+    when every analysed person in the intervention arm has a start or did-not-start
+    recorded."""
+    from linearmodels.iv import IV2SLS
+
+    a, o = protocol.analysis, protocol.primary
+    arms = [protocol.arms[0].name, protocol.arms[1].name]
+    frame = _frame(protocol, rows, o)
+    treated_rows = frame[frame["arm"] == arms[1]]
+    unknown = int(treated_rows["started"].isna().sum())
+    if len(treated_rows) == 0 or unknown:
+        return {
+            "not_estimable": f"receipt is not recorded for {unknown} people in the {arms[1]} arm",
+            "compliance": a.compliance,
+        }
+    d = design_matrix(
+        frame,
+        o.name,
+        "arm",
+        _covariates(protocol),
+        "place" if protocol.unit.level == "place" else None,
+        None,
+        arms,
+    )
+    assigned = d.X[:, 1]
+    received = np.where(assigned == 1, frame["started"].fillna(False).astype(float), 0.0)
+    exog = pd.DataFrame(np.delete(d.X, 1, axis=1))
+    model = IV2SLS(
+        pd.Series(d.y),
+        exog,
+        pd.Series(received, name="received"),
+        pd.Series(assigned, name="assigned"),
+    )
+    fit = (
+        model.fit(cov_type="clustered", clusters=pd.Series(d.clusters))
+        if d.clusters is not None
+        else model.fit(cov_type="robust")
+    )
+    low, high = fit.conf_int(level=1 - a.alpha).loc["received"]
+    return {
+        "estimate": _num(fit.params["received"]),
+        "std_error": _num(fit.std_errors["received"]),
+        "p_value": _num(fit.pvalues["received"]),
+        "conf_low": _num(low),
+        "conf_high": _num(high),
+        "compliance_rate": _num(received[assigned == 1].mean()),
+        "compliance": a.compliance,
+        "method": "instrumental variables (2SLS), assignment as the instrument",
+        "se_type": "clustered by place" if d.clusters is not None else "robust",
+    }
 
 
 def _clean(d: dict[str, Any]) -> dict[str, Any]:
@@ -255,14 +372,14 @@ def _costs(
 ) -> dict[str, Any]:
     control, treated = protocol.arms[0].name, protocol.arms[1].name
     arms = [a.name for a in protocol.arms]
-    delta = C.incremental_cost(protocol.costs, control, treated)
+    delta = costing.incremental_cost(protocol.costs, control, treated)
     n_treated = sum(r["arm"] == treated for r in rows)
     out: dict[str, Any] = {
         "currency": protocol.costs.currency,
         "price_year": protocol.costs.price_year,
-        "per_participant": C.cost_per_participant(protocol.costs, arms),
+        "per_participant": costing.cost_per_participant(protocol.costs, arms),
         "incremental": delta,
-        "by_agency": C.value_by_agency(protocol.costs, effects, n_treated, control, treated),
+        "by_agency": costing.value_by_agency(protocol.costs, effects, n_treated, control, treated),
     }
     primary = protocol.primary
     if primary.type == "binary" and primary.name in effects:
@@ -274,12 +391,12 @@ def _costs(
         effect = effects[primary.name]
         out["per_additional_outcome"] = {
             "outcome": primary.name,
-            "point": C.cost_per_additional_outcome(delta["total"], effect),
-            "words": C.describe_ratio(delta["total"], effect),
+            "point": costing.cost_per_additional_outcome(delta["total"], effect),
+            "words": costing.describe_ratio(delta["total"], effect),
         }
         if not isinstance(protocol.design, SteppedWedgeDesign):
             out["per_additional_outcome"]["bootstrap"] = _clean(
-                C.bootstrap_cost_per_outcome(
+                costing.bootstrap_cost_per_outcome(
                     y,
                     t,
                     delta["total"],
@@ -377,10 +494,6 @@ def _not_run(protocol: Protocol) -> list[str]:
             )
     if a.sensitivity.missing_data != "none":
         out.append(f"missing data by {a.sensitivity.missing_data.replace('_', ' ')}")
-    if a.estimand == "CACE":
-        out.append("CACE by instrumental variables")
-    if a.subgroups:
-        out.append("subgroup analyses: " + ", ".join(a.subgroups))
     if isinstance(protocol.design, SteppedWedgeDesign):
         out.append(
             "stepped wedge with random place intercepts (MixedLM) and place fixed "

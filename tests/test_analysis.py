@@ -130,3 +130,89 @@ def test_registered_models_not_built_are_named_not_hidden():
     not_run = _not_run(p)
     assert any(item.startswith("crisis_contacts: the registered poisson model") for item in not_run)
     assert "subgroup analyses: benefit" in not_run
+
+
+def _rows(n: int, seed: int, effect_by_level: dict[str, float], compliance: float):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        treated = i % 2
+        level = list(effect_by_level)[
+            i % len(effect_by_level) if i % 4 < 2 else (i // 4) % len(effect_by_level)
+        ]
+        started = bool(rng.random() < compliance) if treated else None
+        y = rng.normal(0, 1) + (effect_by_level[level] if treated and started else 0.0)
+        rows.append(
+            {
+                "unit": f"u{i}",
+                "arm": "keyworker" if treated else "usual",
+                "benefit": level,
+                "age": int(rng.integers(20, 60)),
+                "wellbeing": y,
+                "wellbeing_status": "observed",
+                "started": started,
+            }
+        )
+    return rows
+
+
+def _protocol(covariates: str):
+    from evalkit.protocol_file import parse_protocol
+    from tests.conftest import REPO
+
+    text = (REPO / "protocols" / "hackney-keyworker.yaml").read_text()
+    text = text.replace(
+        "  covariates: [age, benefit, months_unemployed, referral_route]",
+        f"  covariates: [{covariates}]",
+    )
+    text = text.replace("    primary: true\n    type: binary", "    type: binary", 1)
+    text = text.replace("  - name: wellbeing\n", "  - name: wellbeing\n    primary: true\n", 1)
+    text = text.replace("    - outcome: in_work_13wk\n      model: linear_probability\n", "")
+    text = text.replace("  models:\n  covariates", "  covariates")
+    text = text.replace(
+        "  baseline_rate: 0.12       # 12 in 100 with usual support\n", "  baseline_sd: 8\n"
+    )
+    return parse_protocol(text, "x")[0]
+
+
+def test_cace_without_covariates_is_the_wald_ratio():
+    import numpy as np
+
+    from evalkit.analysis import cace
+    from evalkit.estimators import estimate_effect
+
+    p = _protocol("")
+    rows = _rows(400, 1, {"ESA": 0.5}, compliance=0.6)
+    got = cace(p, rows)
+    frame = pd.DataFrame(rows)
+    itt = estimate_effect(
+        frame, "wellbeing", "arm", [], None, None, "hc2", 0.05, ["usual", "keyworker"]
+    ).estimate
+    rate = np.mean([r["started"] for r in rows if r["arm"] == "keyworker"])
+    assert got["compliance_rate"] == pytest.approx(rate)
+    assert got["estimate"] == pytest.approx(itt / rate, rel=1e-10)
+    assert got["conf_low"] < got["estimate"] < got["conf_high"]
+    rows[1]["started"] = None
+    assert "not recorded for 1 people" in cace(p, rows)["not_estimable"]
+
+
+def test_subgroups_give_per_level_effects_and_an_interaction_test():
+    from evalkit.analysis import subgroup_effects
+    from evalkit.estimators import estimate_effect
+
+    p = _protocol("age")
+    rows = _rows(800, 2, {"ESA": 0.0, "UC": 1.5}, compliance=1.0)
+    got = subgroup_effects(p, rows, "benefit")
+    frame = pd.DataFrame(rows)
+    for level in got["levels"]:
+        part = frame[frame["benefit"] == level["level"]]
+        direct = estimate_effect(
+            part, "wellbeing", "arm", ["age"], None, None, "auto", 0.05, ["usual", "keyworker"]
+        )
+        assert level["effect"]["estimate"] == pytest.approx(direct.estimate, rel=1e-12)
+    assert got["interaction_p_value"] < 1e-6  # 0 against 1.5 SD
+    assert got["underpowered"] is (got["interaction_detectable"] > 3)  # the MID is 3
+    same = subgroup_effects(p, _rows(800, 3, {"ESA": 0.5, "UC": 0.5}, 1.0), "benefit")
+    assert same["interaction_p_value"] > 0.001
