@@ -129,7 +129,7 @@ def test_registered_models_not_built_are_named_not_hidden():
     )
     not_run = _not_run(p)
     assert any(item.startswith("crisis_contacts: the registered poisson model") for item in not_run)
-    assert "subgroup analyses: benefit" in not_run
+    assert not any("subgroup" in item for item in not_run)  # built now
 
 
 def _rows(n: int, seed: int, effect_by_level: dict[str, float], compliance: float):
