@@ -37,8 +37,6 @@ BY = "evalkit demo"
 Person = tuple[str, bool, date]  # raw synthetic id, treated, randomisation date
 
 NOT_YET_BUILT = [
-    "in the analysis: multiple imputation and inverse probability weighting, mixed-model "
-    "and panel stepped-wedge models (results.json lists them as not run)",
     "write the scrutiny summary and the technical report (HTML)",
     "power, design diagnosis, place ranking and learning across iterations",
 ]

@@ -80,6 +80,14 @@ def test_results_match_the_estimators_on_the_exported_data(demo, pilot, se, ri):
         assert means[arm] == pytest.approx(frame.loc[frame["arm"] == arm, primary].mean())
     assert results["consort"]["randomised"] == len(rows)
     assert results["provenance"]["log_head"] and results["provenance"]["data_vintage"]
+    md = results["primary"]["missing_data"]
+    assert md["method"] == "multiple imputation" and md["missing"] == 0
+    assert md["estimate"] == pytest.approx(got["estimate"], rel=1e-12)  # nothing to impute
+    if protocol.design.method == "stepped_wedge":
+        models = results["primary"]["stepped_wedge_models"]
+        assert set(models) == {"mixed", "fixed"}
+        assert all(m["conf_low"] < m["estimate"] < m["conf_high"] for m in models.values())
+    assert results["not_run"] == []
     secondary = [s for s in results["secondary"] if s["effect"]]
     assert all(s["adjusted_p_value"] >= s["effect"]["p_value"] for s in secondary)
 
