@@ -438,11 +438,12 @@ def design_matrix(
     return Design(y, X, names, codes, n_clusters, block_series, control, treated)
 
 
-def _ols(y: np.ndarray, X: np.ndarray, names: Sequence[str]):
-    """OLS by Householder QR; returns beta, residuals, M = (X'X)^-1 and the basis (Q, L)."""
+def check_rank(X: np.ndarray, names: Sequence[str], rows: str) -> tuple[np.ndarray, np.ndarray]:
+    """Refuse a design whose columns cannot all be estimated, naming them; returns the QR
+    factors so a caller that fits by QR need not factor twice."""
     n, k = X.shape
     if n <= k:
-        raise ValueError(f"{n} rows cannot identify {k} coefficients")
+        raise ValueError(f"{n} {rows} cannot identify {k} coefficients")
     Q, R = np.linalg.qr(X)
     norms = np.linalg.norm(X, axis=0)
     diag = np.abs(np.diag(R))
@@ -450,8 +451,15 @@ def _ols(y: np.ndarray, X: np.ndarray, names: Sequence[str]):
     if bad:
         raise ValueError(
             f"{', '.join(bad)} {'is' if len(bad) == 1 else 'are'} constant or collinear with "
-            "the terms before it in the rows used; drop it from the model"
+            f"the terms before it in the {rows}; drop it from the model"
         )
+    return Q, R
+
+
+def _ols(y: np.ndarray, X: np.ndarray, names: Sequence[str]):
+    """OLS by Householder QR; returns beta, residuals, M = (X'X)^-1 and the basis (Q, L)."""
+    k = X.shape[1]
+    Q, R = check_rank(X, names, "rows used")
     L = linalg.solve_triangular(R, np.eye(k))
     gamma = Q.T @ y
     beta = L @ gamma
@@ -480,7 +488,7 @@ def _table(
     )
 
 
-def _check_alpha(alpha: float) -> None:
+def check_alpha(alpha: float) -> None:
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be between 0 and 1, got {alpha}")
 
@@ -505,7 +513,7 @@ def estimate_effect(
     sorted order); the term keeps the treatment column's name. Rows with a missing value in
     any column used are dropped and ``n`` counts the rows used.
     """
-    _check_alpha(alpha)
+    check_alpha(alpha)
     kind = str(se).lower()
     if kind not in SE_TYPES:
         raise ValueError(f"se must be one of {', '.join(SE_TYPES)}; got {se!r}")
@@ -580,7 +588,7 @@ def difference_in_means(
     matched-pair variance with df = B - 1 ("Matched-pair", with a warning for the mixed case,
     as estimatr). se_type reports estimatr's design label.
     """
-    _check_alpha(alpha)
+    check_alpha(alpha)
     frame = _complete_rows(
         data, list(dict.fromkeys([outcome, treatment, *([blocks] if blocks else [])]))
     )

@@ -27,7 +27,7 @@ import statsmodels.formula.api as smf
 from linearmodels import PanelOLS
 from scipy import stats
 
-from evalkit.estimators import design_matrix, estimate_effect
+from evalkit.estimators import check_alpha, check_rank, design_matrix, estimate_effect
 
 __all__ = [
     "inverse_probability_weighted",
@@ -43,7 +43,6 @@ _OBSERVED = "__evalkit_outcome_observed__"
 
 #: A column whose part not explained by the other columns is this small relative to its norm
 #: is collinear with them (same threshold as evalkit.estimators).
-_COLLINEAR_TOL = 1e-10
 
 #: Fitted probabilities of being observed below this mean the missingness model separates
 #: (some covariate pattern is never observed): the weights would be unbounded.
@@ -55,9 +54,16 @@ def _num(x: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _check_alpha(alpha: float) -> None:
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must be between 0 and 1, got {alpha}")
+def _t_summary(est: float, se: float, df: float, alpha: float) -> dict[str, float | None]:
+    """Estimate, standard error, t interval and two-sided p on ``df`` degrees of freedom."""
+    q = stats.t.ppf(1.0 - alpha / 2.0, df)
+    return {
+        "estimate": _num(est),
+        "std_error": _num(se),
+        "conf_low": _num(est - q * se),
+        "conf_high": _num(est + q * se),
+        "p_value": _num(2.0 * stats.t.sf(abs(est / se), df)) if se > 0 else None,
+    }
 
 
 def _check_columns(frame: pd.DataFrame, columns: Sequence[str]) -> None:
@@ -142,21 +148,6 @@ def _full_design(
     return design.X, design.names
 
 
-def _check_rank(X: np.ndarray, names: Sequence[str], rows: str) -> None:
-    n, k = X.shape
-    if n <= k:
-        raise ValueError(f"{n} {rows} cannot identify {k} coefficients")
-    _, R = np.linalg.qr(X)
-    norms = np.linalg.norm(X, axis=0)
-    diag = np.abs(np.diag(R))
-    bad = [names[j] for j in range(k) if diag[j] <= _COLLINEAR_TOL * max(norms[j], 1e-300)]
-    if bad:
-        raise ValueError(
-            f"{', '.join(bad)} {'is' if len(bad) == 1 else 'are'} constant or collinear with "
-            f"the terms before it in the {rows}; drop it from the model"
-        )
-
-
 def _cluster_codes(s: pd.Series) -> tuple[np.ndarray, int]:
     codes, uniques = pd.factorize(s, sort=True)
     return codes.astype(np.intp), len(uniques)
@@ -191,7 +182,7 @@ def inverse_probability_weighted(
     estimated weights are more efficient than the true ones). With no missing outcome all
     weights are 1 and the result is OLS with HC1 (or CR1) errors.
     """
-    _check_alpha(alpha)
+    check_alpha(alpha)
     work, covariates, observed = _working_frame(
         frame, outcome, treatment_col, treated_arm, covariates, cluster
     )
@@ -200,7 +191,7 @@ def inverse_probability_weighted(
     if observed.all():
         p_obs = np.ones(n_total)
     else:
-        _check_rank(X, names, "rows of the missingness model")
+        check_rank(X, names, "rows of the missingness model")
         glm = sm.GLM(observed.astype(float), X, family=sm.families.Binomial()).fit()
         p_obs = np.asarray(glm.fittedvalues, dtype=float)
         if not glm.converged or not np.all(np.isfinite(p_obs)):
@@ -214,7 +205,7 @@ def inverse_probability_weighted(
     w = 1.0 / p_obs[observed]
     X_obs = X[observed]
     y_obs = work[outcome].to_numpy()[observed]
-    _check_rank(X_obs, names, "rows with an observed outcome")
+    check_rank(X_obs, names, "rows with an observed outcome")
     model = sm.WLS(y_obs, X_obs, weights=w)
     n_clusters = None
     if cluster:
@@ -230,14 +221,9 @@ def inverse_probability_weighted(
         se_type = "HC1"
     j = names.index(treatment_col)
     est, se = float(res.params[j]), float(res.bse[j])
-    q = stats.t.ppf(1.0 - alpha / 2.0, df)
     return {
         "method": "inverse probability weighting",
-        "estimate": _num(est),
-        "std_error": _num(se),
-        "conf_low": _num(est - q * se),
-        "conf_high": _num(est + q * se),
-        "p_value": _num(2.0 * stats.t.sf(abs(est / se), df)) if se > 0 else None,
+        **_t_summary(est, se, df, alpha),
         "df": _num(df),
         "se_type": se_type,
         "alpha": float(alpha),
@@ -269,7 +255,7 @@ def rubin_combine(
     (Barnard and Rubin 1999; as R's mice::pool), fraction of missing information
     (r + 2 / (df + 3)) / (1 + r). t-based p-value and interval on df.
     """
-    _check_alpha(alpha)
+    check_alpha(alpha)
     q = np.asarray(estimates, dtype=float)
     u = np.asarray(variances, dtype=float)
     m = q.size
@@ -295,13 +281,8 @@ def rubin_combine(
         df = nu_obs
     fmi = (riv + 2.0 / (df + 3.0)) / (1.0 + riv) if math.isfinite(riv) else 1.0
     se = math.sqrt(total)
-    crit = stats.t.ppf(1.0 - alpha / 2.0, df)
     return {
-        "estimate": qbar,
-        "std_error": se,
-        "conf_low": qbar - crit * se,
-        "conf_high": qbar + crit * se,
-        "p_value": _num(2.0 * stats.t.sf(abs(qbar) / se, df)),
+        **_t_summary(qbar, se, df, alpha),
         "df": _num(df),
         "df_complete": float(df_complete),
         "imputations": int(m),
@@ -359,7 +340,7 @@ def multiple_imputation(
     pooled by Rubin's rules (rubin_combine). With no missing outcome every completed data set
     is the observed one and the result is the complete-data analysis (B = 0, df = its df).
     """
-    _check_alpha(alpha)
+    check_alpha(alpha)
     if not isinstance(rng, np.random.Generator):
         raise ValueError("rng must be a numpy Generator (numpy.random.default_rng(seed))")
     if isinstance(imputations, bool) or not isinstance(imputations, (int, np.integer)):
@@ -409,7 +390,7 @@ def multiple_imputation(
 
     X, names = _full_design(work, treatment_col, covariates, observed)
     X_obs, X_mis = X[observed], X[~observed]
-    _check_rank(X_obs, names, "rows with an observed outcome")
+    check_rank(X_obs, names, "rows with an observed outcome")
     if binary:
         if y_obs.min() == y_obs.max():
             raise ValueError(
@@ -510,7 +491,7 @@ def stepped_wedge_mixed(
     a missing value are dropped. The p-value and interval are z-based (statsmodels' Wald);
     with few places they are optimistic, which is why stepped_wedge_fixed reports t on G - 1.
     """
-    _check_alpha(alpha)
+    check_alpha(alpha)
     data = _stepped_wedge_frame(frame, outcome, exposure_col, period_col, place_col)
     with warnings.catch_warnings(record=True) as caught:  # reported, not printed
         warnings.simplefilter("always")
@@ -562,7 +543,7 @@ def stepped_wedge_fixed(
     (Stata's CR1), and the p-value and interval use t on G - 1 df, since with 6-24 places the
     normal reference rejects too often.
     """
-    _check_alpha(alpha)
+    check_alpha(alpha)
     data = _stepped_wedge_frame(frame, outcome, exposure_col, period_col, place_col)
     data["row"] = data.groupby("place", sort=False).cumcount()
     data["period_code"] = pd.factorize(data["period"], sort=True)[0]
@@ -577,14 +558,9 @@ def stepped_wedge_fixed(
     df = float(n_places - 1)
     est = float(res.params["exposure"])
     se = float(res.std_errors["exposure"])
-    q = stats.t.ppf(1.0 - alpha / 2.0, df)
     return {
         "method": "two-way fixed effects (place, period), place-clustered errors",
-        "estimate": _num(est),
-        "std_error": _num(se),
-        "conf_low": _num(est - q * se),
-        "conf_high": _num(est + q * se),
-        "p_value": _num(2.0 * stats.t.sf(abs(est / se), df)) if se > 0 else None,
+        **_t_summary(est, se, df, alpha),
         "df": df,
         "se_type": "CR1",
         "alpha": float(alpha),
