@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import random
+import time
 from pathlib import Path
 
 from evalkit.enrolment import Pilot, enrol, open_pilot
@@ -85,7 +86,8 @@ def enrol_worker(
     url: str, key_dir: str, protocol_path: str, pilot_id: str, worker: int, n: int, barrier=None
 ) -> None:
     """Run in a separate process: enrol ``n`` referrals into the pilot, starting together
-    with the other workers at the barrier."""
+    with the other workers at the barrier and pausing briefly between referrals (as an
+    office would), so that the offices' enrolments really interleave."""
     store = Store.open(url)
     pilot = open_pilot(store, KeyRing(Path(key_dir)), Path(protocol_path), pilot_id)
     rnd = random.Random(worker)
@@ -93,6 +95,7 @@ def enrol_worker(
         barrier.wait()
     for i in range(n):
         enrol(store, pilot, f"W{worker}-{i}", referral(rnd), NOW, f"office-{worker}", "2027-04-02")
+        time.sleep(0.005)
     store.close()
 
 
