@@ -179,3 +179,60 @@ def _records(
         low, high = o.min if o.min is not None else 0.0, o.max if o.max is not None else 1e9
         value = f"{float(np.clip(rng.normal(44 + 2.5 * lift, 8), low, high)):.0f}"
     return [{"value": value, "date": when.isoformat()}]
+
+
+def area_values(protocol: Protocol, rng: np.random.Generator, n: int = 40) -> list[dict[str, str]]:
+    """``n`` synthetic candidate areas (estates, wards) for choosing a place pilot's places
+    with `evalkit places rank`: id, name, need and spend indicators, and every place field
+    of ``protocol``, as text.
+
+    Ids follow the pattern of the protocol's place codes (E01, E02, ... for the estates
+    pilot). Deprivation scores vary as Hackney's small areas do and the claimant rate
+    follows deprivation closely (ward correlation 0.9 in the Kensington and Chelsea case
+    study); about 48% of claimants claim for mental or behavioural reasons; spend per head
+    (council and NHS spend on working-age residents' employment, mental health and
+    housing support, pounds a year) rises with the claimant rate. A category place field
+    with levels higher/lower splits the candidates at their median deprivation score.
+    Names say "synthetic"; no real area is imitated.
+    """
+    import re
+
+    pf = protocol.field(protocol.unit.place_field or "")
+    first = pf.levels[0] if pf is not None and pf.levels else "A1"
+    m = re.fullmatch(r"(\D*)(\d+)", first)
+    prefix, width = (m.group(1), len(m.group(2))) if m else ("A", 1)
+    width = max(width, len(str(n)))
+    label = protocol.unit.place_label or "area"
+    imd = np.clip(rng.normal(40, 10, size=n), 12, 70)
+    middle = float(np.median(imd))
+    rows = []
+    for i in range(n):
+        claimant = float(np.clip(0.05 + imd[i] / 350 + rng.normal(0, 0.015), 0.03, 0.4))
+        row: dict[str, Any] = {
+            "id": f"{prefix}{i + 1:0{width}d}",
+            "name": f"Synthetic {label} {i + 1}",
+            "claimant_rate": round(claimant, 3),
+            "mh_claimant_share": round(float(np.clip(rng.normal(0.48, 0.05), 0.3, 0.7)), 3),
+            "imd_score": round(float(imd[i]), 1),
+            "spend_per_head": round(float(max(50.0, 150 + 1500 * claimant + rng.normal(0, 40)))),
+        }
+        for f in protocol.unit.place_fields:
+            if f.name in row:
+                continue
+            if f.type == "category":
+                row[f.name] = (
+                    ("higher" if imd[i] >= middle else "lower")
+                    if "higher" in (f.levels or [])
+                    else str(rng.choice(f.levels or [""]))
+                )
+            elif f.name == "homes":
+                row[f.name] = int(np.clip(rng.lognormal(np.log(450), 0.6), 80, 2500))
+            elif f.type == "integer":
+                row[f.name] = int(rng.integers(int(f.min or 100), int(f.max or 2000) + 1))
+            elif f.type == "boolean":
+                row[f.name] = bool(rng.random() < 0.5)
+            else:
+                low, high = f.min if f.min is not None else 0.0, f.max if f.max is not None else 1
+                row[f.name] = round(float(rng.uniform(low, high)), 3)
+        rows.append({k: _text(v) for k, v in row.items()})
+    return rows
