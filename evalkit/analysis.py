@@ -9,8 +9,12 @@ adjustment of secondary outcomes, the Bayesian reading, balance, attrition and c
 Also: subgroup effects with interaction tests, CACE by instrumental variables when receipt
 is recorded, the registered missing-data analysis (multiple imputation or inverse
 probability weighting) beside the complete-case one, and mixed-model and panel versions
-of a stepped wedge. A registered model this version cannot fit is named in ``not_run``
-rather than left out silently.
+of a stepped wedge. A registered logistic, Poisson or negative binomial model is fitted as
+registered and is the primary analysis of its outcome (``registered_model``: odds ratio or
+rate ratio, with its test); the linear model's difference beside it (``effect``) presents
+the same comparison on the natural scale (percentage points, counts) for the commission,
+the Bayesian reading against the minimal important difference and the costs. A registered
+model that cannot be fitted on the data is named in ``not_run`` rather than left out.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from evalkit.inference import randomisation_test, wild_cluster_bootstrap
 from evalkit.ledger import Entry
 from evalkit.protocol import Outcome, Protocol, SteppedWedgeDesign
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 OTHER_SE = {"HC2": ["hc1"], "HC1": ["hc2"], "CR2": ["cr1"], "CR1": ["cr2"]}
 
 
@@ -92,9 +96,13 @@ def outcome_effect(
         "minimal_important_difference": o.minimal_important_difference,
         "source": o.source,
         "model": _model(protocol, o),
+        "primary_analysis": "registered_model"
+        if _model(protocol, o) in E.RATIO_MODELS
+        else "effect",
         "analysed": counts,
         "covariates": covariates,
         "effect": None,
+        "registered_model": None,
         "other_standard_errors": [],
     }
     if min(counts.values()) < 2:
@@ -110,6 +118,10 @@ def outcome_effect(
             estimate_effect(
                 frame, o.name, "arm", covariates, cluster, None, other, a.alpha, arms
             ).as_dict()
+        )
+    if out["model"] in E.RATIO_MODELS:
+        out["registered_model"] = _registered_model(
+            frame, o, out["model"], covariates, cluster, arms, a.alpha
         )
     y = frame[o.name].to_numpy(dtype=float)
     t = (frame["arm"] == arms[1]).to_numpy().astype(int)
@@ -147,6 +159,34 @@ def outcome_effect(
         )
         out["wild_cluster_bootstrap"] = _wcb(protocol, frame, o, covariates, arms, seed)
     return out
+
+
+def _registered_model(
+    frame: pd.DataFrame,
+    o: Outcome,
+    model: str,
+    covariates: list[str],
+    cluster: str | None,
+    arms: list[str],
+    alpha: float,
+) -> dict[str, Any]:
+    """The registered logistic, Poisson or negative binomial model on the analysed people,
+    with the same covariates as the linear model; why not, when it cannot be fitted."""
+    d = design_matrix(frame, o.name, "arm", covariates, cluster, None, arms)
+    try:
+        return _clean(E.ratio_model(d.y, d.X, model, d.clusters, alpha))
+    except ValueError as exc:
+        return {"model": model, "scale": E.RATIO_MODELS[model], "not_estimable": str(exc)}
+
+
+def _test_p_value(r: dict[str, Any]) -> float | None:
+    """The p-value of an outcome's registered test: the registered model's when one is
+    registered and could be fitted, else the linear model's (``not_run`` then says the
+    registered model could not be fitted)."""
+    fitted = (r["registered_model"] or {}).get("p_value")
+    if r["primary_analysis"] == "registered_model" and fitted is not None:
+        return fitted
+    return r["effect"]["p_value"] if r["effect"] else None
 
 
 def _missing_data(
@@ -306,7 +346,9 @@ def _clean(d: dict[str, Any]) -> dict[str, Any]:
             out[k] = _clean(v)
         elif isinstance(v, bool | str) or v is None:
             out[k] = v
-        elif isinstance(v, int | float | np.number):
+        elif isinstance(v, int | np.integer):
+            out[k] = int(v)
+        elif isinstance(v, float | np.number):
             out[k] = _num(v)
         else:
             out[k] = v
@@ -468,21 +510,26 @@ def analyse(
     today: date,
     exploratory: list[str],
     provenance: dict[str, Any],
+    registration: dict[str, Any],
+    registered_protocol: dict[str, Any],
 ) -> dict[str, Any]:
     """results.json as plain data. ``exploratory`` lists the deviations from the
-    registered plan (empty when the registered plan was run)."""
+    registered plan (empty when the registered plan was run); ``registration`` and
+    ``registered_protocol`` are carried into the file so that a report needs nothing else."""
     if len(protocol.arms) != 2:
         raise ValueError("the analysis of pilots with more than two arms is not built yet")
     results = [
         outcome_effect(protocol, o, rows, entries, o.primary, seed) for o in protocol.outcomes
     ]
-    secondary = [r for r in results if not r["primary"] and r["effect"]]
+    secondary = [r for r in results if not r["primary"] and _test_p_value(r) is not None]
     adjusted = E.adjust_pvalues(
-        [r["effect"]["p_value"] for r in secondary], protocol.analysis.multiplicity
+        [_test_p_value(r) for r in secondary], protocol.analysis.multiplicity
     )
     for r, p in zip(secondary, adjusted, strict=True):
         r["adjusted_p_value"] = _num(p)
         r["multiplicity"] = protocol.analysis.multiplicity
+        fitted = (r["registered_model"] or {}).get("p_value") is not None
+        r["adjusted_from"] = "registered_model" if fitted else "effect"
     frame = pd.DataFrame(rows)
     treated = (frame["arm"] == protocol.arms[1].name).to_numpy().astype(int)
     base_cols = [
@@ -505,6 +552,8 @@ def analyse(
         },
         "exploratory": bool(exploratory),
         "deviations": exploratory,
+        "registration": registration,
+        "protocol": registered_protocol,
         "as_of": today.isoformat(),
         "arms": [
             {"name": a.name, "label": a.label, "description": a.description, "control": i == 0}
@@ -522,7 +571,7 @@ def analyse(
         "progression": tracking["progression"],
         "costs": _costs(protocol, rows, effects, seed),
         "context": tracking["notes"],
-        "not_run": _not_run(protocol),
+        "not_run": _not_run(results),
         "provenance": {
             **provenance,
             "python": platform.python_version(),
@@ -532,14 +581,15 @@ def analyse(
     }
 
 
-def _not_run(protocol: Protocol) -> list[str]:
-    """Registered analyses this version of evalkit cannot run yet, named openly."""
-    a = protocol.analysis
+def _not_run(results: list[dict[str, Any]]) -> list[str]:
+    """Registered analyses that could not be run on the data, named openly."""
     out = []
-    for m in a.models:
-        if m.model in {"poisson", "negative_binomial", "logistic"}:
+    for r in results:
+        m = r["registered_model"]
+        if r["primary_analysis"] == "registered_model" and (m is None or "not_estimable" in m):
+            why = m["not_estimable"] if m else r.get("not_estimable", "not estimable")
             out.append(
-                f"{m.outcome}: the registered {m.model.replace('_', ' ')} model (the "
-                "linear model's difference was run and is reported)"
+                f"{r['outcome']}: the registered {r['model'].replace('_', ' ')} model could not "
+                f"be fitted ({why}); the linear model's difference is reported"
             )
     return out

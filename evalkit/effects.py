@@ -14,6 +14,7 @@ start (standardised differences), and how many people were lost (attrition).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -579,3 +580,167 @@ def attrition(randomised_by_arm: dict[str, int], analysed_by_arm: dict[str, int]
         "differential_points": max(by_arm.values()) - min(by_arm.values()),
         "by_arm_percent": by_arm,
     }
+
+
+# --- registered generalised linear models ---------------------------------------------
+
+#: The models a protocol may register for a binary or count outcome, with the scale on
+#: which their treatment coefficient is reported once exponentiated.
+RATIO_MODELS = {
+    "logistic": "odds ratio",
+    "poisson": "rate ratio",
+    "negative_binomial": "rate ratio",
+}
+
+
+def ratio_model(
+    y: np.ndarray,
+    X: np.ndarray,
+    model: str,
+    clusters: np.ndarray | None = None,
+    alpha: float = 0.05,
+) -> dict[str, Any]:
+    """The registered logistic, Poisson or negative binomial model, fitted as registered:
+    column 1 of ``X`` is the treatment indicator, column 0 the intercept, the rest the
+    registered covariates. Its exponentiated treatment coefficient is the odds ratio
+    (logistic) or the rate ratio (Poisson, negative binomial).
+
+    Fitting: statsmodels GLM (binomial or Poisson family, log link for counts, logit for
+    binary). The negative binomial is NB2 (variance mu + a mu^2): ``a`` is estimated by
+    maximum likelihood (statsmodels NegativeBinomial) and the coefficients are then the GLM
+    fit with ``a`` fixed there, as R's MASS::glm.nb reports them (theta = 1 / a). When the
+    counts are not overdispersed (the score for ``a`` at 0, half the sum of
+    (y - mu)^2 - y over the Poisson fit, is not positive; Cameron and Trivedi 2013, 3.4)
+    the maximum is at a = 0, where the negative binomial is the Poisson model: that fit is
+    reported with ``dispersion`` 0.
+
+    Covariance, because a model-based one assumes the variance function is right: the
+    sandwich with the expected information as bread (as R's sandwich package computes it
+    for glm and glm.nb fits; for the negative binomial's log link it differs from the
+    observed information)::
+
+        bread = (X' W X)^-1,  W = (dmu/deta)^2 / V(mu)
+        score_i = x_i (y_i - mu_i) (dmu/deta)_i / V(mu_i)
+        meat = sum over places of (sum of the place's scores)(...)' (each person alone
+               for HC0)
+
+    - place designs: cluster-robust sandwich with the CR1 factor G/(G-1) (N-1)/(N-K) (R's
+      sandwich::vcovCL(type = "HC1"), Stata's vce(cluster)); t intervals and p-values on
+      G - 1 degrees of freedom. No CR2-type correction exists for these models in the
+      libraries used, so with few places the interval can still be too narrow: ``note``
+      says so and the linear model's CR2 and randomisation inference are the check.
+    - individual designs: HC0 sandwich (R's sandwich::sandwich); normal intervals and
+      p-values, the usual large-sample inference for a generalised linear model.
+    """
+    import statsmodels.api as sm
+
+    if model not in RATIO_MODELS:
+        raise ValueError(f"model must be one of {', '.join(RATIO_MODELS)}, got {model!r}")
+    check = np.asarray(y, dtype=float)
+    if model == "logistic" and not np.isin(check, (0.0, 1.0)).all():
+        raise ValueError("a logistic model needs an outcome of 0 and 1")
+    if model != "logistic" and ((check < 0).any() or (check != np.round(check)).any()):
+        raise ValueError(f"a {model.replace('_', ' ')} model needs whole non-negative counts")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    dispersion = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # separation, non-convergence: not estimable
+        try:
+            if model == "logistic":
+                family = sm.families.Binomial()
+            elif model == "poisson":
+                family = sm.families.Poisson()
+            else:
+                dispersion = _nb_dispersion(check, X)
+                family = (
+                    sm.families.NegativeBinomial(alpha=dispersion)
+                    if dispersion > 0
+                    else sm.families.Poisson()
+                )
+            fit = sm.GLM(check, X, family=family).fit()
+        except (Warning, np.linalg.LinAlgError) as exc:
+            raise ValueError(str(exc).splitlines()[0]) from None
+    cov = _glm_sandwich(check, X, np.asarray(fit.mu), family, clusters)
+    b, se = float(fit.params[1]), math.sqrt(cov[1, 1])
+    if not (math.isfinite(b) and math.isfinite(se)) or se <= 0:
+        raise ValueError("the treatment coefficient cannot be estimated")
+    if clusters is not None:
+        groups = len(np.unique(clusters))
+        df: float | None = float(groups - 1)
+        q = float(stats.t.ppf(1 - alpha / 2, df))
+        p = float(2 * stats.t.sf(abs(b / se), df))
+        se_type = "CR1"
+        note = (
+            f"cluster-robust (CR1) standard error with t on {groups - 1} degrees of freedom; "
+            f"with {groups} places it may still be too small, so read it beside the linear "
+            "model's CR2 interval and the randomisation inference"
+        )
+    else:
+        groups, df = None, None
+        q = float(stats.norm.ppf(1 - alpha / 2))
+        p = float(2 * stats.norm.sf(abs(b / se)))
+        se_type = "HC0"
+        note = "heteroskedasticity-robust (HC0 sandwich) standard error, normal inference"
+    if dispersion == 0:
+        note += (
+            "; the counts vary no more than a Poisson model expects, so the negative "
+            "binomial's dispersion estimate is at its boundary 0 and the fit is the Poisson one"
+        )
+    return {
+        "model": model,
+        "scale": RATIO_MODELS[model],
+        "estimate": math.exp(b),
+        "conf_low": math.exp(b - q * se),
+        "conf_high": math.exp(b + q * se),
+        "p_value": p,
+        "log_estimate": b,
+        "log_std_error": se,
+        "df": df,
+        "se_type": se_type,
+        "n": len(check),
+        "clusters": groups,
+        "dispersion": dispersion,
+        "confidence": 1 - alpha,
+        "note": note,
+    }
+
+
+def _glm_sandwich(
+    y: np.ndarray, X: np.ndarray, mu: np.ndarray, family: Any, clusters: np.ndarray | None
+) -> np.ndarray:
+    """Robust covariance of a GLM's coefficients (see ratio_model): CR1 with the factor
+    G/(G-1) (N-1)/(N-K) when clustered, HC0 otherwise."""
+    n, k = X.shape
+    dmu = 1.0 / family.link.deriv(mu)
+    var = family.variance(mu)
+    bread = np.linalg.inv(X.T @ (X * (dmu**2 / var)[:, None]))
+    scores = X * ((y - mu) * dmu / var)[:, None]
+    if clusters is None:
+        meat = scores.T @ scores
+        factor = 1.0
+    else:
+        codes, groups = np.unique(np.asarray(clusters), return_inverse=True)
+        sums = np.zeros((len(codes), k))
+        np.add.at(sums, groups, scores)
+        meat = sums.T @ sums
+        g = len(codes)
+        factor = g / (g - 1) * (n - 1) / (n - k)
+    return factor * bread @ meat @ bread
+
+
+def _nb_dispersion(y: np.ndarray, X: np.ndarray) -> float:
+    """Maximum-likelihood NB2 dispersion ``a`` (0 when the counts are not overdispersed)."""
+    import statsmodels.api as sm
+
+    poisson = sm.GLM(y, X, family=sm.families.Poisson()).fit()
+    mu = np.asarray(poisson.mu)
+    if float(((y - mu) ** 2 - y).sum()) <= 0:
+        return 0.0
+    start = np.append(np.asarray(poisson.params), 0.1)
+    nb = sm.NegativeBinomial(y, X, loglike_method="nb2").fit(
+        start_params=start, method="newton", disp=0, maxiter=200
+    )
+    if not nb.mle_retvals.get("converged", False):
+        raise ValueError("the negative binomial likelihood did not converge")
+    return float(nb.params[-1])

@@ -1,8 +1,11 @@
 """Running the registered analysis for a pilot and writing analyses/PILOT/results.json.
 
-The file records what was run and on what: protocol hash and version, data vintage, log
-head, library versions, and every deviation from the registered plan (then the whole file
-is labelled exploratory).
+The file records what was run and on what: the registration and its amendments, the
+protocol as registered, protocol hash and version, data vintage, log head, library
+versions, and every deviation from the registered plan (then the whole file is labelled
+exploratory). Reports are built from this file alone, so its shape is a contract: the JSON
+Schema in evalkit/results.schema.json documents every field, and a file that does not
+validate against it is never written.
 """
 
 from __future__ import annotations
@@ -11,65 +14,102 @@ import hashlib
 import hmac
 import json
 from datetime import date
+from functools import cache
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from evalkit.analysis import SCHEMA_VERSION, analyse
 from evalkit.errors import UserError
 from evalkit.keys import KeyRing
-from evalkit.registration import require_registered
-from evalkit.store import Store
+from evalkit.protocol import Protocol
+from evalkit.registration import history, require_registered
+from evalkit.store import Store, VersionRecord
 from evalkit.tracking import notes, track
 
-REQUIRED = {
-    "schema_version",
-    "pilot",
-    "exploratory",
-    "deviations",
-    "as_of",
-    "arms",
-    "design",
-    "unit",
-    "alpha",
-    "estimand",
-    "primary",
-    "secondary",
-    "balance",
-    "attrition",
-    "consort",
-    "progression",
-    "costs",
-    "context",
-    "not_run",
-    "provenance",
-}
-EFFECT_KEYS = {
-    "estimate",
-    "std_error",
-    "df",
-    "p_value",
-    "conf_low",
-    "conf_high",
-    "se_type",
-    "n",
-    "clusters",
-}
+
+@cache
+def schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of results.json, shipped inside the package."""
+    text = resources.files("evalkit").joinpath("results.schema.json").read_text("utf-8")
+    return json.loads(text)
+
+
+def _where(path: Any) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path) or "(top level)"
+
+
+def _deepest(error: Any) -> Any:
+    """For "one of these shapes" errors (a value or null, say), the sub-error that reaches
+    furthest into the value: the one that names the field actually wrong."""
+    while error.context:
+        error = max(error.context, key=lambda e: len(e.absolute_path))
+    return error
 
 
 def check_results(results: dict[str, Any]) -> None:
-    """Raise if results.json lacks a documented part (see docs in README)."""
-    if results.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(f"results schema {results.get('schema_version')} is not {SCHEMA_VERSION}")
-    missing = REQUIRED - set(results)
-    if missing:
-        raise ValueError(f"results.json lacks {', '.join(sorted(missing))}")
-    for r in [results["primary"], *results["secondary"]]:
-        if r["effect"] is not None and not set(r["effect"]) >= EFFECT_KEYS:
-            raise ValueError(
-                f"effect of {r['outcome']} lacks "
-                f"{', '.join(sorted(EFFECT_KEYS - set(r['effect'])))}"
-            )
+    """Raise ValueError naming the first problems if results.json does not follow its
+    schema (evalkit/results.schema.json) or holds a number that JSON cannot carry."""
+    from jsonschema import Draft202012Validator
+
+    validator = Draft202012Validator(schema(), format_checker=Draft202012Validator.FORMAT_CHECKER)
+    errors = sorted(
+        (_deepest(e) for e in validator.iter_errors(results)),
+        key=lambda e: list(map(str, e.absolute_path)),
+    )
+    if errors:
+        shown = [f"results{_where(e.absolute_path)}: {e.message}" for e in errors[:5]]
+        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+        raise ValueError(
+            f"results.json does not follow its schema {SCHEMA_VERSION}: " + "; ".join(shown) + more
+        )
     json.dumps(results, allow_nan=False)  # every number finite or null
+
+
+def registration(rows: list[dict[str, Any]], number: int) -> dict[str, Any]:
+    """The registration as results.json records it, from ``history`` rows: the version
+    analysed (``number``), the first registration, and every amendment with its reason and
+    field-level changes."""
+    analysed = next((r for r in rows if r["number"] == number), None)
+    if analysed is None:
+        raise ValueError(f"registered version {number} is not in the history")
+    first = rows[0]
+    return {
+        "version": number,
+        "protocol_version": analysed["protocol_version"],
+        "hash": analysed["hash"],
+        "registered_at": first["registered_at"],
+        "registered_by": first["registered_by"],
+        "version_registered_at": analysed["registered_at"],
+        "amendments": [
+            {
+                "version": r["number"],
+                "protocol_version": r["protocol_version"],
+                "hash": r["hash"],
+                "at": r["registered_at"],
+                "by": r["registered_by"],
+                "reason": r["reason"],
+                "changes": [
+                    {
+                        "field": c["path"],
+                        "kind": c["kind"],
+                        "before": c.get("old"),
+                        "after": c.get("new"),
+                    }
+                    for c in r["changes"]
+                ],
+            }
+            for r in rows[1:]
+        ],
+    }
+
+
+def registered_protocol(version: VersionRecord) -> dict[str, Any]:
+    """The protocol as registered (the stored canonical form, not the file on disk), as
+    plain JSON with the names used in protocol files."""
+    return Protocol.model_validate(json.loads(version.canonical)).model_dump(
+        mode="json", by_alias=True
+    )
 
 
 def run(
@@ -86,6 +126,7 @@ def run(
         raise UserError(f"pilot {pilot!r} has nobody randomised yet", "enrol or allocate first")
     deviations = [str(c) for c in rp.standing.changes] if rp.exploratory else []
     versions = store.versions(pilot)
+    analysed = rp.standing.matched or versions[-1]  # exploratory: deviations from the latest
     provenance = {
         "protocol_hash": rp.standing.file_hash,
         "registered_version": rp.standing.matched.number if rp.standing.matched else None,
@@ -106,10 +147,18 @@ def run(
             today,
             deviations,
             provenance,
+            registration(history(store, pilot), analysed.number),
+            registered_protocol(analysed),
         )
     except ValueError as exc:
         raise UserError(f"the analysis cannot run: {exc}") from None
-    check_results(results)
+    try:
+        check_results(results)
+    except ValueError as exc:  # never write a file the reports cannot trust
+        raise UserError(
+            f"results.json was not written: {exc}",
+            "this is a fault in evalkit, not in the pilot's data: report it with the protocol",
+        ) from None
     out = workspace / "analyses" / pilot / "results.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name("results.json.part")

@@ -121,23 +121,236 @@ def test_a_changed_protocol_is_refused_unless_exploratory(demo):
         path.write_text(original)
 
 
-def test_registered_models_not_built_are_named_not_hidden():
-    from evalkit.analysis import _not_run
-    from evalkit.protocol_file import parse_protocol
-    from tests.conftest import REPO
+def _observed(demo, pilot: str, outcome: str, as_of: str) -> tuple:
+    """The analysed people for one outcome, straight from the store, and the protocol."""
+    protocol, _ = load_protocol(demo.root / "protocols" / f"{pilot}.yaml")
+    store = Store.open(f"sqlite:///{demo.root / 'evalkit.db'}")
+    rows = track(store, protocol, date.fromisoformat(as_of)).dataset.rows
+    store.close()
+    frame = pd.DataFrame(rows)
+    frame = frame[frame[f"{outcome}_status"] == "observed"].copy()
+    frame[outcome] = frame[outcome].astype(float)
+    return protocol, frame
 
-    text = (REPO / "protocols" / "hackney-estates.yaml").read_text()
-    assert "    - outcome: crisis_contacts\n      model: ols" in text
-    p, _ = parse_protocol(
-        text.replace(
-            "    - outcome: crisis_contacts\n      model: ols",
-            "    - outcome: crisis_contacts\n      model: poisson",
-        ),
-        "x",
+
+@pytest.mark.parametrize(
+    ("pilot", "outcome", "before", "model"),
+    [
+        ("demo-estates", "crisis_contacts", "ols", "negative_binomial"),
+        ("demo-estates", "in_work_13wk", "linear_probability", "logistic"),
+        ("demo-keyworker", "in_work_13wk", "linear_probability", "logistic"),
+    ],
+)
+def test_a_registered_ratio_model_is_fitted_as_registered(demo, pilot, outcome, before, model):
+    import numpy as np
+    import statsmodels.api as sm
+
+    path = demo.root / "protocols" / f"{pilot}.yaml"
+    original = path.read_text()
+    text = f"    - outcome: {outcome}\n      model: {before}"
+    assert text in original
+    try:
+        path.write_text(original.replace(text, f"    - outcome: {outcome}\n      model: {model}"))
+        analyse(demo, pilot, "--exploratory")
+        results = json.loads((demo.root / "analyses" / pilot / "results.json").read_text())
+        check_results(results)
+    finally:
+        path.write_text(original)
+        analyse(demo, pilot)
+    r = next(x for x in [results["primary"], *results["secondary"]] if x["outcome"] == outcome)
+    assert r["model"] == model and r["primary_analysis"] == "registered_model"
+    assert results["not_run"] == []
+    got = r["registered_model"]
+    protocol, frame = _observed(demo, pilot, outcome, results["as_of"])
+    # an independent fit: statsmodels' own formula interface on the analysed people
+    covs = " + ".join(f"C({c})" if frame[c].dtype == object else c for c in r["covariates"])
+    frame["treated"] = (frame["arm"] == protocol.arms[1].name).astype(int)
+    place = protocol.unit.level == "place"
+    import statsmodels.formula.api as smf
+
+    formula = f"{outcome} ~ treated + {covs}"
+    if model == "logistic":
+        family = sm.families.Binomial()
+    else:
+        # without overdispersion (score of Cameron and Trivedi not positive) the dispersion's
+        # maximum is at 0, where the negative binomial is the Poisson model
+        poisson = smf.glm(formula, frame, family=sm.families.Poisson()).fit()
+        y, mu = frame[outcome].to_numpy(), poisson.fittedvalues.to_numpy()
+        if ((y - mu) ** 2 - y).sum() <= 0:
+            assert got["dispersion"] == 0.0 and "boundary 0" in got["note"]
+            family = sm.families.Poisson()
+        else:
+            nb = smf.negativebinomial(formula, frame).fit(disp=0, method="nm", maxiter=5000)
+            nb = smf.negativebinomial(formula, frame).fit(
+                start_params=nb.params, disp=0, maxiter=200
+            )
+            assert got["dispersion"] == pytest.approx(nb.params["alpha"], rel=1e-3)
+            family = sm.families.NegativeBinomial(alpha=got["dispersion"])
+    glm = smf.glm(formula, frame, family=family)
+    fit = (
+        glm.fit(cov_type="cluster", cov_kwds={"groups": frame["place"]}, use_t=True)
+        if place
+        else glm.fit(cov_type="HC0")
     )
-    not_run = _not_run(p)
-    assert any(item.startswith("crisis_contacts: the registered poisson model") for item in not_run)
-    assert not any("subgroup" in item for item in not_run)  # built now
+    assert got["estimate"] == pytest.approx(np.exp(fit.params["treated"]), rel=1e-6)
+    assert got["n"] == len(frame) == r["effect"]["n"]
+    if model == "logistic":  # canonical link: statsmodels' robust covariance is the same
+        assert got["log_std_error"] == pytest.approx(fit.bse["treated"], rel=1e-6)
+        assert got["p_value"] == pytest.approx(fit.pvalues["treated"], rel=1e-5)
+    assert got["df"] == (results["primary"]["effect"]["clusters"] - 1 if place else None)
+    assert got["se_type"] == ("CR1" if place else "HC0")
+    assert got["conf_low"] < got["estimate"] < got["conf_high"]
+    # the linear model's difference stays beside it, on the natural scale
+    assert r["effect"]["scale"].startswith("difference in")
+    if not r["primary"]:
+        assert r["adjusted_from"] == "registered_model"
+        assert r["adjusted_p_value"] >= got["p_value"]
+
+
+def test_a_registered_model_that_cannot_be_fitted_is_named():
+    from evalkit.analysis import _not_run
+
+    fitted = {"outcome": "a", "model": "poisson", "primary_analysis": "registered_model"}
+    assert _not_run([{**fitted, "registered_model": {"estimate": 1.2}}]) == []
+    failed = {**fitted, "registered_model": {"not_estimable": "separation"}}
+    assert _not_run([failed]) == [
+        "a: the registered poisson model could not be fitted (separation); the linear "
+        "model's difference is reported"
+    ]
+    linear = {"outcome": "b", "model": "ols", "primary_analysis": "effect"}
+    assert _not_run([{**linear, "registered_model": None}]) == []
+
+
+def test_every_demo_results_file_validates_against_the_packaged_schema(demo):
+    from importlib import resources
+
+    from jsonschema import Draft202012Validator
+
+    schema = json.loads(resources.files("evalkit").joinpath("results.schema.json").read_text())
+    Draft202012Validator.check_schema(schema)
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    validator = Draft202012Validator(schema)
+    for pilot in ("demo-keyworker", "demo-estates", "demo-front-door"):
+        analyse(demo, pilot)
+        results = json.loads((demo.root / "analyses" / pilot / "results.json").read_text())
+        assert list(validator.iter_errors(results)) == [], pilot
+        assert results["schema_version"] == schema["properties"]["schema_version"]["const"]
+
+
+def _documented(node, where="") -> list[str]:
+    """Paths of schema properties that have no description."""
+    missing = []
+    if isinstance(node, dict):
+        for name, sub in node.get("properties", {}).items():
+            if "description" not in sub and "$ref" not in sub:
+                missing.append(f"{where}.{name}")
+        for key, sub in node.items():
+            missing += _documented(sub, f"{where}.{key}")
+    elif isinstance(node, list):
+        for i, sub in enumerate(node):
+            missing += _documented(sub, f"{where}[{i}]")
+    return missing
+
+
+def test_every_field_of_the_schema_is_described():
+    from evalkit.results import schema
+
+    assert _documented(schema()) == []
+
+
+def test_a_broken_results_file_fails_with_a_clear_message(demo):
+    import copy
+
+    analyse(demo, "demo-estates")
+    good = json.loads((demo.root / "analyses" / "demo-estates" / "results.json").read_text())
+    check_results(good)
+    broken = copy.deepcopy(good)
+    del broken["primary"]["effect"]["p_value"]
+    broken["attrition"]["overall_percent"] = "none"
+    broken["balance"][0]["surprise"] = 1
+    with pytest.raises(ValueError) as err:
+        check_results(broken)
+    message = str(err.value)
+    assert message.startswith("results.json does not follow its schema 1.1: ")
+    assert "results.attrition.overall_percent: 'none' is not of type 'number'" in message
+    assert "results.balance[0]: Additional properties are not allowed ('surprise'" in message
+    assert "results.primary" in message and "'p_value' is a required property" in message
+    missing = copy.deepcopy(good)
+    del missing["registration"]
+    with pytest.raises(ValueError, match="'registration' is a required property"):
+        check_results(missing)
+
+
+def test_registration_and_protocol_are_carried_into_results(demo):
+    from evalkit.protocol import Protocol
+    from evalkit.registration import history
+
+    analyse(demo, "demo-estates")
+    results = json.loads((demo.root / "analyses" / "demo-estates" / "results.json").read_text())
+    store = Store.open(f"sqlite:///{demo.root / 'evalkit.db'}")
+    rows = history(store, "demo-estates")
+    canonical = json.loads(store.versions("demo-estates")[-1].canonical)
+    store.close()
+    reg = results["registration"]
+    assert reg["version"] == rows[-1]["number"] == results["provenance"]["registered_version"]
+    assert reg["hash"] == rows[-1]["hash"] == results["provenance"]["protocol_hash"]
+    assert reg["registered_at"] == rows[0]["registered_at"]
+    assert reg["registered_by"] == rows[0]["registered_by"] == "evalkit demo"
+    assert reg["amendments"] == []
+    protocol = results["protocol"]
+    assert Protocol.model_validate(protocol) == Protocol.model_validate(canonical)
+    assert protocol["reporting"]["suppression_threshold"] == 10
+    assert protocol["population"]["description"] and protocol["hypotheses"]
+    assert "iteration_of" in protocol and isinstance(protocol["answers"], list)
+
+
+def test_registration_lists_amendments_with_their_changes():
+    from evalkit.results import registration
+
+    rows = [
+        {
+            "number": 1,
+            "protocol_version": "1.0",
+            "hash": "a" * 64,
+            "registered_at": "2026-01-01T10:00:00Z",
+            "registered_by": "Ana",
+            "reason": None,
+            "changes": [],
+        },
+        {
+            "number": 2,
+            "protocol_version": "1.1",
+            "hash": "b" * 64,
+            "registered_at": "2026-02-01T10:00:00Z",
+            "registered_by": "Ben",
+            "reason": "GP referrals added",
+            "changes": [
+                {"path": "title", "kind": "changed", "old": "A", "new": "B"},
+                {"path": "answers[1]", "kind": "added", "new": "6d"},
+            ],
+        },
+    ]
+    reg = registration(rows, 2)
+    assert reg["version"] == 2 and reg["hash"] == "b" * 64
+    assert (reg["registered_at"], reg["registered_by"]) == ("2026-01-01T10:00:00Z", "Ana")
+    assert reg["version_registered_at"] == "2026-02-01T10:00:00Z"
+    assert reg["amendments"] == [
+        {
+            "version": 2,
+            "protocol_version": "1.1",
+            "hash": "b" * 64,
+            "at": "2026-02-01T10:00:00Z",
+            "by": "Ben",
+            "reason": "GP referrals added",
+            "changes": [
+                {"field": "title", "kind": "changed", "before": "A", "after": "B"},
+                {"field": "answers[1]", "kind": "added", "before": None, "after": "6d"},
+            ],
+        }
+    ]
+    assert registration(rows, 1)["hash"] == "a" * 64
+    with pytest.raises(ValueError, match="version 3"):
+        registration(rows, 3)
 
 
 def _rows(n: int, seed: int, effect_by_level: dict[str, float], compliance: float):

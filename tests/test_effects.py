@@ -3,7 +3,9 @@ computations (written out here, not calling the code under test) and scipy/stats
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,9 +20,11 @@ from evalkit.effects import (
     bayesian_reading,
     binary_effects,
     hedges_g,
+    ratio_model,
     standardised_differences,
     words_for,
 )
+from evalkit.estimators import design_matrix
 from evalkit.protocol import Prior
 
 Z975 = 1.959963984540054
@@ -417,3 +421,75 @@ def test_attrition_arithmetic() -> None:
         attrition({"a": 3, "b": 3}, {"a": 3})
     with pytest.raises(ValueError, match="4 analysed of 3"):
         attrition({"a": 3, "b": 3}, {"a": 4, "b": 3})
+
+
+# --- registered ratio models -----------------------------------------------------------
+
+DATA = Path(__file__).parent / "data"
+RATIO = json.loads((DATA / "reference_ratio_models.json").read_text())
+# glm.nb alternates theta and the coefficients to its own tolerance; logistic and Poisson
+# were fitted in R to 1e-14 (make_reference_extra.R, section E).
+RATIO_TOL = {"logistic": 1e-8, "poisson": 1e-8, "negative_binomial": 2e-6}
+
+
+def _ratio_design(clustered: bool, outcome: str):
+    frame = pd.read_csv(DATA / RATIO["data"])
+    return design_matrix(
+        frame, outcome, "arm", RATIO["covariates"], "place" if clustered else None, None, None
+    )
+
+
+@pytest.mark.parametrize("design", ["place", "individual"])
+@pytest.mark.parametrize(
+    ("model", "outcome"),
+    [("logistic", "in_work"), ("poisson", "contacts"), ("negative_binomial", "contacts")],
+)
+def test_ratio_models_match_r(design: str, model: str, outcome: str) -> None:
+    d = _ratio_design(design == "place", outcome)
+    got = ratio_model(d.y, d.X, model, d.clusters)
+    ref = RATIO[design][model]
+    for key in ("log_estimate", "log_std_error", "p_value", "estimate", "conf_low", "conf_high"):
+        assert got[key] == pytest.approx(ref[key], rel=RATIO_TOL[model]), key
+    if design == "place":
+        assert got["df"] == ref["df"] == 11 and got["se_type"] == "CR1" and got["clusters"] == 12
+    else:
+        assert got["df"] is None and ref["df"] is None and got["se_type"] == "HC0"
+    if model == "negative_binomial":
+        assert 1 / got["dispersion"] == pytest.approx(ref["theta"], rel=1e-6)
+    else:
+        assert got["dispersion"] is None
+    assert got["scale"] == ("odds ratio" if model == "logistic" else "rate ratio")
+
+
+@pytest.mark.parametrize(("model", "family"), [("logistic", "Binomial"), ("poisson", "Poisson")])
+def test_ratio_models_match_statsmodels_robust_fits(model: str, family: str) -> None:
+    import statsmodels.api as sm
+
+    outcome = "in_work" if model == "logistic" else "contacts"
+    for clustered in (True, False):
+        d = _ratio_design(clustered, outcome)
+        glm = sm.GLM(d.y, d.X, family=getattr(sm.families, family)())
+        fit = (
+            glm.fit(cov_type="cluster", cov_kwds={"groups": d.clusters}, use_t=True)
+            if clustered
+            else glm.fit(cov_type="HC0")
+        )
+        got = ratio_model(d.y, d.X, model, d.clusters)
+        assert got["log_estimate"] == pytest.approx(fit.params[1], rel=1e-9)
+        assert got["log_std_error"] == pytest.approx(fit.bse[1], rel=1e-7)
+        assert got["p_value"] == pytest.approx(fit.pvalues[1], rel=1e-6)
+        low, high = np.exp(fit.conf_int()[1])
+        assert (got["conf_low"], got["conf_high"]) == pytest.approx((low, high), rel=1e-7)
+
+
+def test_ratio_model_refuses() -> None:
+    d = _ratio_design(False, "contacts")
+    with pytest.raises(ValueError, match="0 and 1"):
+        ratio_model(d.y, d.X, "logistic")
+    with pytest.raises(ValueError, match="whole non-negative counts"):
+        ratio_model(d.y + 0.5, d.X, "poisson")
+    with pytest.raises(ValueError, match="must be one of"):
+        ratio_model(d.y, d.X, "probit")
+    separated = d.X[:, 1].copy()  # the outcome is the treatment itself
+    with pytest.raises(ValueError, match=r"[Ss]eparation"):
+        ratio_model(separated, d.X, "logistic")

@@ -122,3 +122,62 @@ out$named_arms <- list(
     data = d, blocks = mixed_block, condition1 = "usual", condition2 = "keyworker"))))
 
 writeLines(toJSON(out, auto_unbox = TRUE, digits = NA, pretty = TRUE), "reference_extra.json")
+
+# E. Registered ratio models (evalkit.effects.ratio_model): logistic, Poisson and negative
+#    binomial (MASS::glm.nb) with cluster-robust covariance (sandwich::vcovCL, type "HC1":
+#    G/(G-1) (N-1)/(N-K)) and t on G - 1 df for a place design, and the HC0 sandwich
+#    (sandwich::sandwich) with normal inference for an individual design. Needs only the
+#    Debian packages r-cran-sandwich r-cran-mass r-cran-jsonlite and runs on its own:
+#      sed -n '/^# E\. Registered ratio models/,$p' make_reference_extra.R | Rscript -
+#    Written with R 4.2.2, sandwich 3.0-2, MASS 7.3-58.2; writes extra_ratio_models.csv
+#    and reference_ratio_models.json.
+suppressMessages({library(sandwich); library(MASS); library(jsonlite)})
+set.seed(20240615)
+ids <- sprintf("P%02d", 1:12)
+sizes <- c(8, 11, 14, 17, 20, 23, 26, 29, 32, 35, 38, 41)
+d <- data.frame(place = rep(ids, sizes))
+d$arm <- as.integer(d$place %in% sample(ids, 6))
+n <- nrow(d)
+d$age <- round(runif(n, 18, 64))
+d$benefit <- sample(c("ESA", "JSA", "UC"), n, TRUE, c(0.5, 0.3, 0.2))
+u <- rnorm(12, 0, 0.3)[match(d$place, ids)]
+mu <- exp(0.2 - 0.4 * d$arm + 0.01 * (d$age - 40) + 0.3 * (d$benefit == "ESA") + u)
+d$contacts <- rnbinom(n, size = 1.5, mu = mu)
+d$in_work <- rbinom(n, 1, plogis(-1.5 + 0.5 * d$arm - 0.02 * (d$age - 40) + u))
+write.csv(d, "extra_ratio_models.csv", row.names = FALSE)
+d <- read.csv("extra_ratio_models.csv", stringsAsFactors = FALSE)
+d$benefit <- factor(d$benefit, levels = c("ESA", "JSA", "UC"))
+ratio_of <- function(fit, clustered) {
+  b <- unname(coef(fit)["arm"])
+  if (clustered) {
+    v <- vcovCL(fit, cluster = ~place, type = "HC1")
+    df <- length(unique(d$place)) - 1
+    q <- qt(0.975, df)
+  } else {
+    v <- sandwich(fit)
+    df <- NA
+    q <- qnorm(0.975)
+  }
+  se <- sqrt(v["arm", "arm"])
+  p <- if (clustered) 2 * pt(-abs(b / se), df) else 2 * pnorm(-abs(b / se))
+  list(log_estimate = b, log_std_error = se, df = df, p_value = p,
+       estimate = exp(b), conf_low = exp(b - q * se), conf_high = exp(b + q * se),
+       theta = if (!is.null(fit$theta)) fit$theta else NA)
+}
+tight <- glm.control(epsilon = 1e-14, maxit = 100)  # converged past R's default 1e-8
+ratio <- list(data = "extra_ratio_models.csv", covariates = c("age", "benefit"),
+  cluster = "place")
+for (clustered in c(TRUE, FALSE)) {
+  key <- if (clustered) "place" else "individual"
+  ratio[[key]] <- list(
+    logistic = ratio_of(glm(in_work ~ arm + age + benefit, family = binomial, data = d,
+                            control = tight),
+                        clustered),
+    poisson = ratio_of(glm(contacts ~ arm + age + benefit, family = poisson, data = d,
+                           control = tight),
+                       clustered),
+    negative_binomial = ratio_of(glm.nb(contacts ~ arm + age + benefit, data = d,
+                                        control = tight), clustered))
+}
+writeLines(toJSON(ratio, auto_unbox = TRUE, digits = NA, pretty = TRUE, na = "null"),
+           "reference_ratio_models.json")
