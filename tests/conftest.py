@@ -102,3 +102,21 @@ def cli_in(tmp_path, store_url):
     _run.ws = ws
     _run.tmp = tmp_path
     return _run
+
+
+@pytest.fixture(scope="session")
+def demo_reports(tmp_path_factory) -> Path:
+    """One demo workspace for the whole run, with every report written, as a user gets it
+    from `evalkit demo`."""
+    from click.testing import CliRunner
+
+    from cli import cli
+
+    root = tmp_path_factory.mktemp("demo-reports") / "demo"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EVALKIT_KEY_DIR", str(tmp_path_factory.mktemp("demo-keys")))
+        mp.delenv("EVALKIT_DATABASE_URL", raising=False)
+        mp.setenv("EVALKIT_USER", "test-evaluator")
+        res = CliRunner().invoke(cli, ["demo", "--dir", str(root)], catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+    return root

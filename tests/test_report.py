@@ -1,0 +1,203 @@
+"""`evalkit report`: the scrutiny summary, the technical report and the index, built
+from results.json alone, self-contained, with no identifier of any resident."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from cli import cli
+from evalkit.store import Store
+
+PILOTS = ("demo-keyworker", "demo-estates", "demo-front-door", "demo-keyworker-2")
+
+
+def _run(ws: Path, *args: str, ok: int = 0):
+    res = CliRunner().invoke(cli, ["--workspace", str(ws), *args], catch_exceptions=False)
+    assert res.exit_code == ok, res.output
+    assert "Traceback" not in res.output
+    return res
+
+
+def _page(root: Path, pilot: str, name: str) -> str:
+    return (root / "analyses" / pilot / name).read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("pilot", PILOTS)
+def test_both_reports_are_written_self_contained(demo_reports, pilot):
+    for name in ("summary.html", "technical.html"):
+        html = _page(demo_reports, pilot, name)
+        assert html.startswith("<!DOCTYPE html>")
+        assert '<html lang="en-GB">' in html
+        assert "<script" not in html.lower()  # nothing needs JavaScript
+        assert "<link" not in html.lower() and "@import" not in html  # CSS is inline
+        assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)  # no other host
+        assert not re.search(r"url\(\s*['\"]?(https?:)?//", html)
+        hrefs = re.findall(r'href="([^"]+)"', html)
+        assert all(
+            h.startswith("#") or h in {"technical.html", "summary.html", "../index.html"}
+            for h in hrefs
+        ), hrefs
+        assert html.count("<svg") >= 2 and 'role="img"' in html
+        assert "<style>" in html and "@media print" in html
+
+
+@pytest.mark.parametrize("pilot", PILOTS)
+def test_summary_answers_in_the_order_the_commission_reads(demo_reports, pilot):
+    html = _page(demo_reports, pilot, "summary.html")
+    order = [
+        'id="answer"',
+        'id="how-sure"',
+        'id="progression"',
+        'id="costs"',
+        'id="flow"',
+        'id="outcomes"',
+        'id="limits"',
+        'id="plan"',
+        'id="context"',
+        'id="iterations"',
+        'id="glossary"',
+    ]
+    positions = [html.index(o) for o in order]
+    assert positions == sorted(positions)
+    assert "synthetic" in html.lower()  # the demo is labelled as such
+    assert "significant" not in html.lower()
+    assert "padlocks" in html
+
+
+def test_headline_numbers_are_those_of_results_json(demo_reports):
+    results = json.loads(
+        (demo_reports / "analyses" / "demo-keyworker" / "results.json").read_text()
+    )
+    b = results["primary"]["binary"]
+    html = _page(demo_reports, "demo-keyworker", "summary.html")
+    rt, rc = round(b["treated_rate"] * 100), round(b["control_rate"] * 100)
+    assert f"{rt} in every 100 residents offered" in html
+    assert f"against {rc} in every 100 with usual support" in html
+    assert results["registration"]["hash"] in html
+
+
+@pytest.mark.parametrize("pilot", PILOTS)
+def test_tables_captions_headers_and_charts_are_labelled(demo_reports, pilot):
+    for name in ("summary.html", "technical.html"):
+        html = _page(demo_reports, pilot, name)
+        assert html.count("<table") == html.count("<caption>")
+        assert "<th>" not in html  # every header cell says whether it heads a row or column
+        ths = re.findall(r"<th[ >][^>]*>|<th>", html)
+        assert ths and all('scope="' in t for t in ths)
+        for svg in re.findall(r"<svg [^>]*>", html):
+            if 'aria-hidden="true"' in svg or ('focusable="false"' in svg and "role" not in svg):
+                continue
+            assert 'role="img"' in svg and "aria-labelledby" in svg
+        titles = re.findall(r"<h([1-3])", html)
+        assert titles[0] == "1" and titles.count("1") == 1
+
+
+def test_no_pseudonym_or_identifier_appears_in_any_report(demo_reports):
+    store = Store.open(f"sqlite:///{demo_reports / 'evalkit.db'}")
+    try:
+        units = {
+            e.unit
+            for p in PILOTS
+            for e in store.log_entries(p)
+            if e.unit and e.level == "participant"
+        }
+    finally:
+        store.close()
+    raw = set()
+    for f in (demo_reports / "data").glob("*.csv"):
+        if "places" in f.name or "candidate" in f.name:  # place codes are not personal data
+            continue
+        with f.open(newline="", encoding="utf-8") as fh:
+            for row in csv.DictReader(fh):
+                raw.update(v for k, v in row.items() if k == "id" and v)
+    assert len(units) > 500 and len(raw) > 500
+    pages = [p.read_text(encoding="utf-8") for p in (demo_reports / "analyses").rglob("*.html")]
+    assert len(pages) == 9
+    for html in pages:
+        for u in units:
+            assert u not in html
+        for r in raw:
+            assert not re.search(rf"\b{re.escape(r)}\b", html), r
+
+
+def test_index_lists_every_pilot_with_links_and_headline(demo_reports):
+    html = (demo_reports / "analyses" / "index.html").read_text(encoding="utf-8")
+    for pilot in PILOTS:
+        assert f'href="{pilot}/summary.html"' in html
+        assert f'href="{pilot}/technical.html"' in html
+    assert html.count("The answer:") == 4
+    assert "2 iterations" in html and "iteration of <code>demo-keyworker</code>" in html
+
+
+def test_a_report_is_built_from_results_json_alone(demo_reports, tmp_path):
+    ws = tmp_path / "copy"
+    shutil.copytree(demo_reports, ws)
+    (ws / "evalkit.db").unlink()  # no store: nothing can be recomputed
+    path = ws / "analyses" / "demo-keyworker" / "results.json"
+    results = json.loads(path.read_text())
+    results["primary"]["effect"]["std_error"] = 0.0123456
+    path.write_text(json.dumps(results))
+    _run(ws, "report", "demo-keyworker")
+    assert "0.0123" in _page(ws, "demo-keyworker", "technical.html")
+
+
+def test_reports_are_byte_identical_when_rewritten(demo_reports, tmp_path):
+    ws = tmp_path / "copy"
+    shutil.copytree(demo_reports, ws)
+    _run(ws, "report", "--all")
+    for pilot in PILOTS:
+        for name in ("summary.html", "technical.html"):
+            assert _page(ws, pilot, name) == _page(demo_reports, pilot, name)
+
+
+def test_a_council_restyles_with_its_own_template_folder(demo_reports, tmp_path):
+    ws = tmp_path / "copy"
+    shutil.copytree(demo_reports, ws)
+    mine = tmp_path / "council-templates"
+    mine.mkdir()
+    (mine / "style.css").write_text("body { color: #123456; } /* council house style */")
+    _run(ws, "report", "demo-estates", "--templates", str(mine))
+    summary = _page(ws, "demo-estates", "summary.html")
+    assert "council house style" in summary and "#123456" in summary
+    assert 'id="answer"' in summary  # the rest still comes from evalkit's templates
+
+
+def test_bad_input_is_one_clear_message(demo_reports, tmp_path):
+    ws = tmp_path / "copy"
+    shutil.copytree(demo_reports, ws)
+    res = _run(ws, "report", "no-such-pilot", ok=1)
+    assert "no-such-pilot/results.json does not exist" in res.output
+    assert "evalkit analyse no-such-pilot" in res.output
+    res = _run(ws, "report", "demo-estates", "--templates", str(tmp_path / "nope"), ok=1)
+    assert "is not a folder" in res.output
+    res = _run(ws, "report", ok=1)
+    assert "--all" in res.output
+    broken = ws / "analyses" / "demo-estates" / "results.json"
+    broken.write_text('{"schema_version": ')
+    res = _run(ws, "report", "demo-estates", ok=1)
+    assert "not valid JSON" in res.output and "results.json:1:" in res.output
+    broken.write_text("{}")
+    res = _run(ws, "report", "demo-estates", ok=1)
+    assert "is not a results file evalkit can report on" in res.output
+
+
+def test_exact_counts_only_on_request_and_labelled_internal(demo_reports, tmp_path):
+    ws = tmp_path / "copy"
+    shutil.copytree(demo_reports, ws)
+    assert "Do not publish it" not in _page(ws, "demo-keyworker", "technical.html")
+    _run(ws, "report", "demo-keyworker", "--exact-counts")
+    technical = _page(ws, "demo-keyworker", "technical.html")
+    assert "Internal: this copy shows exact counts" in technical
+    assert (
+        "fewer than"
+        not in _page(ws, "demo-keyworker", "technical.html")
+        .split("CONSORT flow by arm")[1]
+        .split("</table>")[0]
+    )
