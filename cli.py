@@ -152,16 +152,29 @@ pass_app = click.make_pass_decorator(App)
     help="Which flagship protocol to start from.",
 )
 @click.option("--force", is_flag=True, help="Overwrite an existing protocol file.")
+@click.option(
+    "--from",
+    "pilot",
+    default=None,
+    metavar="PILOT",
+    help="Start from a registered pilot's protocol as its next iteration (iteration_of).",
+)
 @pass_app
-def init(app: App, name: str, template: str, force: bool) -> None:
+def init(app: App, name: str, template: str, force: bool, pilot: str | None) -> None:
     """Write a commented, valid protocol to protocols/NAME.yaml.
 
     Example: evalkit init hackney-keyworker --template individual
+    Example: evalkit init hackney-keyworker-2 --from hackney-keyworker
     """
+    from evalkit.learn import start_iteration
     from evalkit.templates import write_template
 
-    path = write_template(app.workspace.root, name, TEMPLATES[template], force)
-    click.echo(f"wrote {path}")
+    if pilot is not None:
+        path = start_iteration(app.store(), app.workspace.root, name, pilot, force)
+        click.echo(f"wrote {path} (iteration_of: {pilot}, version 1.0)")
+    else:
+        path = write_template(app.workspace.root, name, TEMPLATES[template], force)
+        click.echo(f"wrote {path}")
     click.echo(f"next: edit it, then 'evalkit validate {name}' and 'evalkit register {name}'")
 
 
@@ -197,6 +210,9 @@ def validate(app: App, protocol: str, as_json: bool) -> None:
         "primary_outcome": p.primary.name,
         "sha256": protocol_hash(located.data),
     }
+    from evalkit.power import power_warnings
+
+    summary["warnings"] = power_warnings(p)
     if as_json:
         _emit(summary)
         return
@@ -207,6 +223,80 @@ def validate(app: App, protocol: str, as_json: bool) -> None:
         f"{p.primary.name}"
     )
     click.echo(f"  sha256 {summary['sha256']}")
+    for w in summary["warnings"]:
+        click.echo(f"  warning: {w}")
+
+
+@cli.command()
+@click.argument("protocol")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_app
+def power(app: App, protocol: str, as_json: bool) -> None:
+    """Power, minimum detectable effect and sample size needed for the registered design.
+
+    Uses the protocol's sample-size assumptions and the primary outcome's minimal important
+    difference; prints the formula and every assumption in words. PROTOCOL is a path or a
+    pilot name. Example: evalkit power hackney-estates --json
+    """
+    from evalkit.power import format_power, power_for_protocol
+    from evalkit.protocol_file import load_protocol
+
+    p, _ = load_protocol(app.protocol_path(protocol))
+    result = power_for_protocol(p)
+    if as_json:
+        _emit(result)
+        return
+    for line in format_power(result):
+        click.echo(line)
+
+
+@cli.command()
+@click.argument("protocol")
+@click.option("--sims", default=1000, show_default=True, help="Simulated pilots per design.")
+@click.option(
+    "--alternative",
+    "alternatives",
+    multiple=True,
+    metavar="KEY=VALUE[,KEY=VALUE]",
+    help="A design to compare (repeatable): places, units, design, se, icc, effect, rate, "
+    "sd, cv, r_squared, place_r2, alpha, periods. E.g. places=24 or units=1200,places=24.",
+)
+@click.option("--seed", default=20270901, show_default=True, help="Seed of the simulation.")
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=None, help="Processes (default: all cores)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the diagnosis as JSON.")
+@pass_app
+def diagnose(
+    app: App,
+    protocol: str,
+    sims: int,
+    alternatives: tuple[str, ...],
+    seed: int,
+    workers: int | None,
+    as_json: bool,
+) -> None:
+    """Simulate pilots from the protocol's assumptions, randomise and analyse each as
+    registered, and report bias, RMSE, power, coverage and type I error.
+
+    The registered design comes first, then each --alternative, on the same random draws.
+    Example: evalkit diagnose hackney-estates --sims 1000 --alternative se=cr1
+    """
+    from evalkit import diagnose as dg
+    from evalkit.protocol_file import load_protocol
+
+    p, _ = load_protocol(app.protocol_path(protocol))
+    if seed < 0:
+        raise UserError(f"--seed {seed} is negative", "use a seed of 0 or more")
+    if not sys.stderr.isatty():
+        result = dg.diagnose(p, alternatives, sims, seed, workers)
+    else:
+        with click.progressbar(length=sims, label="simulating", file=sys.stderr) as bar:
+            result = dg.diagnose(p, alternatives, sims, seed, workers, bar.update)
+    if as_json:
+        _emit(result)
+        return
+    click.echo(dg.table(result), nl=False)
 
 
 @cli.command()
@@ -239,8 +329,10 @@ def register(app: App, protocol: str, by: str | None, as_json: bool) -> None:
     Example: evalkit register protocols/hackney-keyworker.yaml
     """
     from evalkit.clock import utc_now
+    from evalkit.learn import check_link
     from evalkit.registration import register as do_register
 
+    check_link(app.store(), app.protocol_path(protocol))
     receipt, created = do_register(
         app.store(), app.keyring(), app.protocol_path(protocol), by or _user(), utc_now()
     )
@@ -269,8 +361,10 @@ def amend(app: App, protocol: str, reason: str, by: str | None, as_json: bool) -
     Example: evalkit amend protocols/hackney-keyworker.yaml --reason "GP referrals added"
     """
     from evalkit.clock import utc_now
+    from evalkit.learn import check_link
     from evalkit.registration import amend as do_amend
 
+    check_link(app.store(), app.protocol_path(protocol))
     receipt, s = do_amend(
         app.store(), app.protocol_path(protocol), reason, by or _user(), utc_now()
     )
@@ -501,6 +595,107 @@ def allocate(
     if out is not None:
         click.echo(f"wrote {out}")
     click.echo(_head_line(res.head))
+
+
+@cli.group()
+def places() -> None:
+    """Choose the places of a place-based pilot by a pre-specified rule."""
+
+
+@places.command("rank")
+@click.argument("areas", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--by", "by_fields", required=True, metavar="FIELD,...", help="Indicators to rank on."
+)
+@click.option(
+    "--weights", default=None, metavar="W,...", help="One weight per --by field (default equal)."
+)
+@click.option(
+    "--lower-is-more",
+    default=None,
+    metavar="FIELD,...",
+    help="--by fields where a lower value means more need or spend.",
+)
+@click.option("--choose", required=True, type=int, help="How many places to choose.")
+@click.option("--id-column", default="id", show_default=True, help="The areas' id column.")
+@click.option(
+    "--keep",
+    default=None,
+    metavar="FIELD,...",
+    help="Columns carried into the places file (default: the --by fields; not with --pilot).",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the chosen places as CSV, and the rule beside it (NAME.selection.json).",
+)
+@click.option(
+    "--pilot",
+    default=None,
+    help="A registered place pilot: write its places file and record the rule in its log.",
+)
+@click.option("--date", "on", default=None, help="Date the rule is recorded for (default today).")
+@click.option("--json", "as_json", is_flag=True, help="Print the ranking as JSON.")
+@pass_app
+def places_rank(
+    app: App,
+    areas: Path,
+    by_fields: str,
+    weights: str | None,
+    lower_is_more: str | None,
+    choose: int,
+    id_column: str,
+    keep: str | None,
+    out: Path | None,
+    pilot: str | None,
+    on: str | None,
+    as_json: bool,
+) -> None:
+    """Rank candidate areas (CSV or Excel) on weighted z-scores and choose the top ones.
+
+    With --pilot the places file is exactly what `evalkit allocate PILOT` takes, and the
+    rule (fields, weights, directions, the areas file's SHA-256, the chosen places) is
+    recorded as a note in the pilot's log.
+    Example: evalkit places rank areas.csv --by claimant_rate,mh_claimant_share,imd_score
+    --weights 0.4,0.3,0.3 --choose 16 --pilot hackney-estates --out places.csv
+    """
+    from evalkit.clock import utc_now
+    from evalkit.places import make_rule, rank_areas, report_lines
+
+    rule = make_rule(by_fields, weights, lower_is_more, choose)
+    kept = [k.strip() for k in keep.split(",") if k.strip()] if keep else None
+    p = _pilot(app, pilot) if pilot else None
+    res = rank_areas(
+        areas,
+        rule,
+        id_column,
+        kept,
+        out,
+        p,
+        app.store() if p else None,
+        utc_now(),
+        _user(),
+        on or _today(),
+    )
+    if as_json:
+        _emit(
+            {
+                **res.record,
+                "areas": [a.as_dict() for a in res.ranking.areas],
+                "means": res.ranking.means,
+                "sds": res.ranking.sds,
+                "selection_file": str(res.selection_file) if res.selection_file else None,
+                "log_entry": res.log_entry,
+                "already_recorded": res.already_recorded,
+            }
+        )
+        return
+    for line in report_lines(res, areas):
+        click.echo(line)
+    if p is not None and res.head is not None:
+        said = "was already recorded as" if res.already_recorded else "recorded as"
+        click.echo(f"{pilot}: the selection rule {said} log entry {res.log_entry} (a note)")
+        click.echo(_head_line(res.head))
 
 
 @cli.command()
@@ -1032,6 +1227,75 @@ def analyse(app: App, pilot: str, exploratory: bool, as_of: str | None, as_json:
             )
     for item in res["not_run"]:
         click.echo(f"  not run (not built yet): {item}")
+    click.echo(f"wrote {path}")
+
+
+@cli.command()
+@click.argument("pilots", nargs=-1)
+@click.option("--all", "every", is_flag=True, help="Report on every analysed pilot.")
+@click.option(
+    "--templates",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Folder with your own copies of templates (summary.html.j2, style.css, ...); "
+    "anything not there comes from evalkit's.",
+)
+@click.option(
+    "--exact-counts",
+    is_flag=True,
+    help="Show exact counts in the technical report, even those under the disclosure "
+    "threshold (for internal checking only; never publish it).",
+)
+@click.option("--pdf", is_flag=True, help="Also print each report to PDF (needs Chromium).")
+@pass_app
+def report(
+    app: App,
+    pilots: tuple[str, ...],
+    every: bool,
+    templates: Path | None,
+    exact_counts: bool,
+    pdf: bool,
+) -> None:
+    """Write analyses/PILOT/summary.html and technical.html from results.json, and the
+    index of pilots, analyses/index.html.
+
+    Example: evalkit report hackney-keyworker
+    """
+    from evalkit.report import analysed_pilots, print_pdf, write_reports
+
+    analyses = app.workspace.root / "analyses"
+    names = list(pilots) or (analysed_pilots(analyses) if every else [])
+    if not names:
+        raise UserError(
+            "no pilot named", "give a pilot, e.g. evalkit report hackney-keyworker, or --all"
+        )
+    for name in names:
+        for path in write_reports(analyses, name, templates, exact_counts):
+            click.echo(f"wrote {path}")
+            if pdf and path.name != "index.html":
+                click.echo(f"wrote {print_pdf(path)}")
+
+
+@cli.command()
+@click.argument("pilot")
+@click.option("--json", "as_json", is_flag=True, help="Print learning.json to the screen.")
+@pass_app
+def learn(app: App, pilot: str, as_json: bool) -> None:
+    """Pool every iteration of the pilot's chain and write learning.json beside the latest.
+
+    Fixed- and random-effects meta-analysis of the primary outcome, Bayesian updating
+    (each iteration's posterior the next one's prior), what has been learned, and the
+    size the next iteration needs. Example: evalkit learn hackney-keyworker-2
+    """
+    from evalkit.learn import learn as do_learn
+    from evalkit.learn import render
+
+    path, doc = do_learn(app.store(), app.workspace.root, pilot)
+    if as_json:
+        _emit(doc)
+        return
+    for line in render(doc):
+        click.echo(line)
     click.echo(f"wrote {path}")
 
 
