@@ -1,9 +1,11 @@
-"""`evalkit demo`: the evalkit cycle on synthetic pilots, in a fresh workspace.
+"""`evalkit demo`: the whole evalkit cycle on synthetic pilots, in a fresh workspace.
 
-It runs the steps that exist, through the same library calls the commands use, and says
-plainly which steps of the full cycle are not built yet. Every pilot and data file it
-makes is synthetic and named so. The pilots are dated 30 months back so that their
-follow-up has ended by today.
+It goes through the same library calls the commands use: rank candidate estates, check
+power and register three pilots, enrol and allocate, record withdrawals, import outcomes
+from several agencies, verify every log, analyse, run a second iteration of the key-worker
+pilot adapted from the first, learn across the two, and write every report and the index.
+Every pilot and data file it makes is synthetic and named so. The pilots are dated in the
+past so that their follow-up has ended by today.
 """
 
 from __future__ import annotations
@@ -20,12 +22,17 @@ from evalkit.clock import utc_now
 from evalkit.enrolment import allocate_file, enrol, open_pilot, record_event, verify
 from evalkit.errors import UserError
 from evalkit.keys import KeyRing, default_key_dir
+from evalkit.learn import learn, start_iteration
 from evalkit.outcome_import import import_outcomes
+from evalkit.places import make_rule, rank_areas
+from evalkit.power import power_for_protocol
+from evalkit.protocol_file import load_protocol, parse_protocol
 from evalkit.registration import register
+from evalkit.report import write_reports
 from evalkit.results import run as run_analysis
 from evalkit.store import Store
-from evalkit.synthetic import outcome_files, place_values, referral_values
-from evalkit.templates import write_template
+from evalkit.synthetic import area_values, outcome_files, place_values, referral_values
+from evalkit.templates import template_text, write_template
 from evalkit.tracking import track
 
 DEMO_PILOTS = {
@@ -36,10 +43,12 @@ DEMO_PILOTS = {
 BY = "evalkit demo"
 Person = tuple[str, bool, date]  # raw synthetic id, treated, randomisation date
 
-NOT_YET_BUILT = [
-    "write the scrutiny summary and the technical report (HTML)",
-    "power, design diagnosis, place ranking and learning across iterations",
-]
+SECOND = "demo-keyworker-2"
+# Months before today that each pilot started: every follow-up has ended, and the second
+# key-worker iteration starts after the first one's results were known.
+STARTS = {"demo-keyworker": 42, "demo-estates": 30, "demo-front-door": 30, SECOND: 20}
+ESTATE_INDICATORS = "claimant_rate,mh_claimant_share,imd_score,spend_per_head"
+ESTATE_WEIGHTS = "0.3,0.3,0.2,0.2"
 
 
 def _write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
@@ -69,82 +78,171 @@ def run_demo(directory: Path, echo: Callable[[str], None] = print, seed: int = 2
     today = date.today()
     echo(f"evalkit demo in {root} (synthetic pilots and people; no real resident's data)")
     try:
-        echo(
-            "1. Write, validate and register three protocols (dated 30 months back, so that "
-            "follow-up has ended)"
-        )
-        start = _months_back(today, 30)
+        echo("1. Choose 16 of 40 candidate council estates on need and spend (places rank)")
+        chosen = _choose_estates(root, rng, echo)
+        echo("2. Write, check the power of, and register three protocols")
         for pilot, template in DEMO_PILOTS.items():
             path = write_template(root, pilot, template)
-            text = path.read_text(encoding="utf-8")
-            path.write_text(
-                re.sub(
-                    r"^start_date: .*$",
-                    f"start_date: {start.isoformat()}",
-                    text,
-                    count=1,
-                    flags=re.M,
-                ),
-                encoding="utf-8",
-            )
-            receipt, _ = register(store, keys, path, BY, utc_now())
-            echo(f"   {pilot}: registered, sha256 {receipt.hash[:16]}...")
+            text = _synthetic(path.read_text(encoding="utf-8"), STARTS[pilot], today)
+            if pilot == "demo-estates":
+                text = _with_places(text, chosen)
+            path.write_text(text, encoding="utf-8")
+            _register(store, keys, path, pilot, echo)
         people = {
-            "demo-keyworker": _keyworker(store, keys, root, rng, echo),
+            "demo-keyworker": _keyworker(store, keys, root, rng, echo, "demo-keyworker", "3."),
             "demo-estates": _places(store, keys, root, rng, echo, "demo-estates", 320),
             "demo-front-door": _places(store, keys, root, rng, echo, "demo-front-door", 360),
         }
         echo(
-            "5. Import outcomes from each agency's file (DWP job spells and benefit status, "
+            "6. Import outcomes from each agency's file (DWP job spells and benefit status, "
             "surveys, provider, NHS and council records)"
         )
         for pilot in DEMO_PILOTS:
             _outcomes(store, keys, root, rng, echo, pilot, people[pilot], today)
-        echo("6. Verify every allocation log by replaying it from the pilot's secret")
+        echo("7. Verify every allocation log by replaying it from the pilot's secret")
         for pilot in DEMO_PILOTS:
-            record = store.pilot(pilot)
-            assert record is not None
-            secret = keys.load(record.id, record.uid, record.secret_commitment)
-            v = verify(store, pilot, secret)
-            if not v.ok:
-                raise UserError(f"demo: {pilot} failed verification: {v.chain.problem}")
-            echo(
-                f"   {pilot}: {v.chain.entries} entries, {v.replayed} allocations replayed; "
-                f"head {v.chain.head[:16]}..."
-            )
-        echo("7. Run each registered analysis and write analyses/PILOT/results.json")
+            _verify(store, keys, pilot, echo)
+        echo("8. Run each registered analysis and write analyses/PILOT/results.json")
         for pilot in DEMO_PILOTS:
-            path, res = run_analysis(store, keys, root, pilot, today, exploratory=False)
-            e = res["primary"]["effect"]
-            ri = res["primary"]["randomisation_inference"] or {}
-            echo(
-                f"   {pilot}: {res['primary']['outcome']} {e['estimate']:+.3f} "
-                f"({e['se_type']} 95% CI {e['conf_low']:+.3f} to {e['conf_high']:+.3f}; "
-                f"randomisation p = {ri.get('p_value', float('nan')):.3f}); "
-                f"{res['primary']['bayes']['words'].split(';')[0].lower()}"
-            )
+            _analyse(store, keys, root, pilot, today, echo)
+        echo(
+            f"9. Adapt the key-worker pilot and run it again as {SECOND} (iteration_of "
+            "demo-keyworker): eligibility widened to 18 months out of work"
+        )
+        _second_iteration(store, keys, root, rng, echo, today)
+        echo("10. Learn across the chain demo-keyworker -> demo-keyworker-2")
+        _, doc = learn(store, root, SECOND)
+        echo(f"   {doc['statement']}")
+        echo("11. Write the scrutiny summaries, the technical reports and the index")
+        analyses = root / "analyses"
+        for pilot in [*DEMO_PILOTS, SECOND]:
+            write_reports(analyses, pilot)
     finally:
         store.close()
-    echo("Not built yet (later steps of the full cycle):")
-    for item in NOT_YET_BUILT:
-        echo(f"  - {item}")
-    echo(f"Try: evalkit --workspace {root} status demo-keyworker")
-    return list(DEMO_PILOTS)
+    echo("Done. Open these files in a browser (they work offline and print well):")
+    echo(f"  {analyses / 'index.html'}")
+    for pilot in [*DEMO_PILOTS, SECOND]:
+        echo(f"  {analyses / pilot / 'summary.html'}")
+    echo(f"  {analyses / 'demo-keyworker' / 'technical.html'} (and one for each pilot)")
+    return [*DEMO_PILOTS, SECOND]
+
+
+def _synthetic(text: str, months_back: int, today: date) -> str:
+    """Label the protocol as synthetic and date it so that its follow-up has ended."""
+    start = _months_back(today, months_back)
+    text = re.sub(
+        r"^start_date: .*$", f"start_date: {start.isoformat()}", text, count=1, flags=re.M
+    )
+    return re.sub(r"^(title: .*)$", r"\1 (synthetic demonstration)", text, count=1, flags=re.M)
+
+
+def _with_places(text: str, chosen: list[str]) -> str:
+    """The estates protocol names the places chosen by the ranking."""
+    head, tail = text.split("  - name: estate\n", 1)
+    tail = re.sub(r"levels: \[[^\]]*\]", f"levels: [{', '.join(chosen)}]", tail, count=1)
+    return head + "  - name: estate\n" + tail
+
+
+def _register(store: Store, keys: KeyRing, path: Path, pilot: str, echo) -> None:
+    protocol, _ = load_protocol(path)
+    power = min(c["power_at_mid"] for c in power_for_protocol(protocol)["comparisons"])
+    receipt, _ = register(store, keys, path, BY, utc_now())
+    echo(
+        f"   {pilot}: registered, sha256 {receipt.hash[:16]}...; power at the smallest "
+        f"difference that matters {power:.0%}"
+        + (
+            " (too small to settle the question: a pilot, not the final test)"
+            if power < 0.8
+            else ""
+        )
+    )
+
+
+def _choose_estates(root: Path, rng: np.random.Generator, echo) -> list[str]:
+    template, _ = parse_protocol(template_text(DEMO_PILOTS["demo-estates"]), "estates template")
+    areas = _write_csv(
+        root / "data" / "candidate-estates-synthetic.csv", area_values(template, rng)
+    )
+    rule = make_rule(ESTATE_INDICATORS, ESTATE_WEIGHTS, None, 16)
+    ranked = rank_areas(areas, rule)
+    chosen = sorted(ranked.record["chosen"])
+    echo(
+        f"   {rule.formula()}; chosen: {', '.join(chosen)} "
+        "(the rule is recorded in the pilot's log when its places are allocated)"
+    )
+    return chosen
+
+
+def _verify(store: Store, keys: KeyRing, pilot: str, echo) -> None:
+    record = store.pilot(pilot)
+    assert record is not None
+    secret = keys.load(record.id, record.uid, record.secret_commitment)
+    v = verify(store, pilot, secret)
+    if not v.ok:
+        raise UserError(f"demo: {pilot} failed verification: {v.chain.problem}")
+    echo(
+        f"   {pilot}: {v.chain.entries} entries, {v.replayed} allocations replayed; "
+        f"head {v.chain.head[:16]}..."
+    )
+
+
+def _analyse(store: Store, keys: KeyRing, root: Path, pilot: str, today: date, echo) -> None:
+    _, res = run_analysis(store, keys, root, pilot, today, exploratory=False)
+    e = res["primary"]["effect"]
+    ri = res["primary"]["randomisation_inference"] or {}
+    echo(
+        f"   {pilot}: {res['primary']['outcome']} {e['estimate']:+.3f} "
+        f"({e['se_type']} 95% CI {e['conf_low']:+.3f} to {e['conf_high']:+.3f}; "
+        f"randomisation p = {ri.get('p_value', float('nan')):.3f}); "
+        f"{res['primary']['bayes']['words'].split(';')[0].lower()}"
+    )
+
+
+def _second_iteration(
+    store: Store, keys: KeyRing, root: Path, rng: np.random.Generator, echo, today: date
+) -> None:
+    path = start_iteration(store, root, SECOND, "demo-keyworker", force=False)
+    text = path.read_text(encoding="utf-8")
+    text = re.sub(
+        r"^start_date: .*$",
+        f"start_date: {_months_back(today, STARTS[SECOND])}",
+        text,
+        count=1,
+        flags=re.M,
+    )
+    text = text.replace("rule: months_unemployed >= 24", "rule: months_unemployed >= 18")
+    text = text.replace("24 months or more", "18 months or more")
+    text = text.replace(
+        "reason: Out of work for less than 24 months", "reason: Out of work for less than 18 months"
+    )
+    path.write_text(text, encoding="utf-8")
+    _register(store, keys, path, SECOND, echo)
+    people = _keyworker(store, keys, root, rng, echo, SECOND, "  ")
+    _outcomes(store, keys, root, rng, echo, SECOND, people, today)
+    _verify(store, keys, SECOND, echo)
+    _analyse(store, keys, root, SECOND, today, echo)
 
 
 def _keyworker(
-    store: Store, keys: KeyRing, root: Path, rng: np.random.Generator, echo: Callable[[str], None]
+    store: Store,
+    keys: KeyRing,
+    root: Path,
+    rng: np.random.Generator,
+    echo: Callable[[str], None],
+    name: str,
+    step: str,
 ) -> list[Person]:
-    pilot = open_pilot(store, keys, root / "protocols" / "demo-keyworker.yaml", "demo-keyworker")
+    pilot = open_pilot(store, keys, root / "protocols" / f"{name}.yaml", name)
     start = pilot.protocol.start_date or date.today()
-    echo("2. demo-keyworker: enrol 240 referrals one at a time over six months")
+    prefix = "KW" if name == "demo-keyworker" else "KX"
+    echo(f"{step} {name}: enrol 240 referrals one at a time over six months")
     allocated: list[Person] = []
     for i in range(240):
         on = start + timedelta(days=int(i * 182 / 240))
         out = enrol(
             store,
             pilot,
-            f"SYN-KW-{i:04d}",
+            f"SYN-{prefix}-{i:04d}",
             referral_values(pilot.protocol, rng),
             utc_now(),
             BY,
@@ -152,7 +250,7 @@ def _keyworker(
         )
         e = out.entries[0]
         if e.kind == "allocation":
-            allocated.append((f"SYN-KW-{i:04d}", e.arm != pilot.protocol.control.name, on))
+            allocated.append((f"SYN-{prefix}-{i:04d}", e.arm != pilot.protocol.control.name, on))
     for raw_id, _, on in allocated[:: max(1, len(allocated) // 8)][:8]:
         record_event(
             store,
@@ -186,9 +284,22 @@ def _places(
 ) -> list[Person]:
     pilot = open_pilot(store, keys, root / "protocols" / f"{name}.yaml", name)
     p = pilot.protocol
-    step = "3" if name == "demo-estates" else "4"
-    places_csv = _write_csv(root / "data" / f"{name}-places-synthetic.csv", place_values(p, rng))
+    step = "4" if name == "demo-estates" else "5"
     start = p.start_date or date.today()
+    places_csv = root / "data" / f"{name}-places-synthetic.csv"
+    if name == "demo-estates":  # the ranked choice, with its rule recorded in the log
+        rank_areas(
+            root / "data" / "candidate-estates-synthetic.csv",
+            make_rule(ESTATE_INDICATORS, ESTATE_WEIGHTS, None, 16),
+            out=places_csv,
+            pilot=pilot,
+            store=store,
+            now=utc_now(),
+            by=BY,
+            on=start.isoformat(),
+        )
+    else:
+        _write_csv(places_csv, place_values(p, rng))
     placed = allocate_file(store, pilot, places_csv, utc_now(), BY, start.isoformat())
     echo(f"{step}. {name}: {len(placed.entries)} places allocated together ({p.design.method})")
     rows = [

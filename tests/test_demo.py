@@ -15,20 +15,42 @@ def test_demo_runs_every_built_step_and_every_log_verifies(tmp_path):
     res = CliRunner().invoke(cli, ["demo", "--dir", str(target)], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     assert "synthetic" in res.output
-    assert "5. Import outcomes from each agency's file" in res.output
-    assert "6. Verify every allocation log" in res.output
-    assert "7. Run each registered analysis" in res.output
-    for pilot in ("demo-keyworker", "demo-estates", "demo-front-door"):
-        assert (target / "analyses" / pilot / "results.json").is_file()
+    assert "warning" not in res.output.lower()
+    for step in (
+        "1. Choose 16 of 40 candidate council estates",
+        "6. Import outcomes from each agency's file",
+        "7. Verify every allocation log",
+        "8. Run each registered analysis",
+        "9. Adapt the key-worker pilot",
+        "10. Learn across the chain",
+        "11. Write the scrutiny summaries",
+    ):
+        assert step in res.output
+    pilots = ("demo-keyworker", "demo-estates", "demo-front-door", "demo-keyworker-2")
+    for pilot in pilots:
+        for name in ("results.json", "summary.html", "technical.html"):
+            assert (target / "analyses" / pilot / name).is_file()
+            assert f"{target.resolve() / 'analyses' / pilot / 'summary.html'}" in res.output
+    assert (target / "analyses" / "demo-keyworker-2" / "learning.json").is_file()
+    assert res.output.rstrip().endswith("(and one for each pilot)")
+    assert f"{target.resolve() / 'analyses' / 'index.html'}" in res.output
     store = Store.open(f"sqlite:///{target / 'evalkit.db'}")
     try:
-        assert store.pilot_ids() == ["demo-estates", "demo-front-door", "demo-keyworker"]
+        assert store.pilot_ids() == [
+            "demo-estates",
+            "demo-front-door",
+            "demo-keyworker",
+            "demo-keyworker-2",
+        ]
         for pilot in store.pilot_ids():
             entries = store.log_entries(pilot)
             assert entries and verify(store, pilot).ok
             assert all("SYN-" not in (e.unit or "") for e in entries)  # ids pseudonymised
         kinds = {e.kind for e in store.log_entries("demo-keyworker")}
         assert kinds == {"allocation", "exclusion", "event"}
+        # the estates were chosen by a recorded rule, before they were allocated
+        notes = [e for e in store.log_entries("demo-estates") if e.kind == "event"]
+        assert notes[0].seq == 1 and "selection" in notes[0].detail
     finally:
         store.close()
     again = CliRunner().invoke(cli, ["demo", "--dir", str(target)])
