@@ -1218,6 +1218,16 @@ def analyse(app: App, pilot: str, exploratory: bool, as_of: str | None, as_json:
                 f"  wild cluster bootstrap: p = {wcb['p_value']:.3g}, {level}% CI "
                 f"{wcb['conf_low']:.4g} to {wcb['conf_high']:.4g}"
             )
+        m = p.get("registered_model")
+        if m and "estimate" in m:
+            primary = " (the registered primary analysis)" * (
+                p.get("primary_analysis") == "registered_model"
+            )
+            click.echo(
+                f"  {m['model'].replace('_', ' ')} model{primary}: {m['scale']} "
+                f"{m['estimate']:.3g}, {level}% CI {m['conf_low']:.3g} to "
+                f"{m['conf_high']:.3g}, p = {m['p_value']:.3g} ({m['se_type']})"
+            )
         click.echo(f"  Bayesian reading: {p['bayes']['words']}")
     for s in res["secondary"]:
         if s["effect"]:

@@ -58,6 +58,9 @@ def mid_words(outcome: Mapping[str, Any]) -> str:
 def _checks(outcome: Mapping[str, Any], alpha: float) -> list[tuple[str, float]]:
     """The registered sensitivity analyses that give a p-value for the primary effect."""
     out = []
+    m = outcome.get("registered_model")
+    if outcome.get("primary_analysis") == "registered_model" and m and "p_value" in m:
+        out.append((f"the registered {m['model'].replace('_', ' ')} model", m["p_value"]))
     ri = outcome.get("randomisation_inference")
     if ri:
         out.append(("randomisation inference", ri["p_value"]))
@@ -240,7 +243,16 @@ def how_sure(results: Mapping[str, Any]) -> list[str]:
         f"{mid_words(p)}, the smallest difference that matters.",
     ]
     out += v["notes"]
+    m = p.get("registered_model")
+    if p.get("primary_analysis") == "registered_model" and m and "estimate" in m:
+        out.append(
+            f"The analysis registered as primary, a {m['model'].replace('_', ' ')} model, gives "
+            f"{'an' if m['scale'][0] in 'aeiou' else 'a'} {m['scale']} of {m['estimate']:.2f} "
+            f"(95% interval {m['conf_low']:.2f} to {m['conf_high']:.2f}); 1 means no difference."
+        )
     for name, pv in _checks(p, results["alpha"]):
+        if name.startswith("the registered"):
+            continue
         out.append(
             f"A check registered in advance, {name}, gives a p-value of {pv:.3f} "
             f"(below {results['alpha']:g} means the result is unlikely to be chance alone)."

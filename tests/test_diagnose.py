@@ -295,3 +295,29 @@ def test_cli_bad_alternative_exits_1_with_one_message():
     assert "hint: places:" in res.output
     res = run("diagnose", str(ESTATES), "--sims", "1", ok=1)
     assert "--sims 1 is too few" in res.output
+
+
+# --- analytic power and simulation agree ------------------------------------------------
+
+
+def test_analytic_power_agrees_with_the_simulation_on_the_place_template(estates_diagnosis):
+    """PowerUp!'s closed form for the 8 matched pairs and the simulated registered CR2
+    analysis: the same answer within simulation error (4 Monte Carlo SEs)."""
+    from evalkit.power import power_for_protocol
+
+    _, out = estates_diagnosis
+    analytic = power_for_protocol(protocol(ESTATES))["comparisons"][0]["power_at_expected"]
+    simulated = out[0]["estimands"]["power"]
+    assert abs(simulated["value"] - analytic) < 4 * simulated["mcse"], (simulated, analytic)
+
+
+def test_analytic_power_agrees_with_the_simulation_on_the_individual_template():
+    from evalkit.power import power_for_protocol
+
+    p = protocol(KEYWORKER)
+    scs = D.scenarios(p)
+    raw = D.run_simulations(scs, 300, seed=11, workers=2)
+    simulated = D.summarise(scs[0], raw[0])["estimands"]["power"]
+    analytic = power_for_protocol(p)["comparisons"][0]["power_at_expected"]
+    assert analytic == pytest.approx(0.821, abs=0.001)
+    assert abs(simulated["value"] - analytic) < 4 * simulated["mcse"], (simulated, analytic)

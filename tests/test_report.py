@@ -201,3 +201,38 @@ def test_exact_counts_only_on_request_and_labelled_internal(demo_reports, tmp_pa
         .split("CONSORT flow by arm")[1]
         .split("</table>")[0]
     )
+
+
+def test_a_registered_ratio_model_is_shown_as_the_primary_analysis(demo_reports, tmp_path):
+    ws = tmp_path / "copy"
+    shutil.copytree(demo_reports, ws)
+    path = ws / "analyses" / "demo-estates" / "results.json"
+    results = json.loads(path.read_text())
+    results["primary"]["model"] = "logistic"
+    results["primary"]["primary_analysis"] = "registered_model"
+    results["primary"]["registered_model"] = {
+        "model": "logistic",
+        "scale": "odds ratio",
+        "estimate": 1.7526,
+        "conf_low": 0.9329,
+        "conf_high": 3.2927,
+        "p_value": 0.0773,
+        "log_estimate": 0.5611,
+        "log_std_error": 0.2959,
+        "df": 15,
+        "se_type": "CR1",
+        "n": 288,
+        "clusters": 16,
+        "dispersion": None,
+        "confidence": 0.95,
+        "note": "cluster-robust (CR1) standard error with t on 15 df",
+    }
+    path.write_text(json.dumps(results))
+    _run(ws, "report", "demo-estates")
+    summary = _page(ws, "demo-estates", "summary.html")
+    assert "a logistic model, gives an odds ratio of 1.75 (95% interval 0.93 to 3.29)" in summary
+    technical = _page(ws, "demo-estates", "technical.html")
+    assert "Registered logistic model (the primary analysis): odds ratio" in technical
+    assert "1.753" in technical and "0.5611 (0.2959)" in technical
+    # a registered primary analysis that does not confirm the effect stops "very likely"
+    assert "very likely helps" not in summary.split('id="how-sure"')[0]
