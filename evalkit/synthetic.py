@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from evalkit.protocol import Protocol
+from evalkit.protocol import BaselineField, Protocol
 
 BENEFIT_MIX = {"ESA": 0.6, "UC": 0.3, "JSA": 0.1}
 ROUTE_MIX = {"JCP": 0.4, "GP": 0.2, "IAPT": 0.15, "self": 0.1, "VCS": 0.15}
@@ -82,21 +82,28 @@ def place_values(protocol: Protocol, rng: np.random.Generator) -> list[dict[str,
                 )
             elif f.name == "mh_claimant_share":
                 row[f.name] = round(float(np.clip(rng.normal(0.48, 0.05), 0.3, 0.7)), 2)
-            elif f.type == "category":
-                row[f.name] = (
-                    ("higher" if imd >= 38 else "lower")
-                    if "higher" in (f.levels or [])
-                    else str(rng.choice(f.levels or [""]))
-                )
-            elif f.type == "integer":
-                row[f.name] = int(rng.integers(int(f.min or 100), int(f.max or 2000) + 1))
-            elif f.type == "boolean":
-                row[f.name] = bool(rng.random() < 0.5)
             else:
-                low, high = f.min if f.min is not None else 0.0, f.max if f.max is not None else 1
-                row[f.name] = round(float(rng.uniform(low, high)), 3)
+                row[f.name] = _place_field_value(f, rng, imd >= 38)
         rows.append({k: _text(v) for k, v in row.items()})
     return rows
+
+
+def _place_field_value(f: BaselineField, rng: np.random.Generator, deprived: bool) -> Any:
+    """A value for a place field with no indicator of its own: a higher/lower band follows
+    deprivation, a number of homes is spread like council estates' sizes, anything else
+    is drawn within the field's range."""
+    if f.type == "category":
+        if "higher" in (f.levels or []):
+            return "higher" if deprived else "lower"
+        return str(rng.choice(f.levels or [""]))
+    if f.name == "homes":
+        return int(np.clip(rng.lognormal(np.log(450), 0.6), 80, 2500))
+    if f.type == "integer":
+        return int(rng.integers(int(f.min or 100), int(f.max or 2000) + 1))
+    if f.type == "boolean":
+        return bool(rng.random() < 0.5)
+    low, high = f.min if f.min is not None else 0.0, f.max if f.max is not None else 1
+    return round(float(rng.uniform(low, high)), 3)
 
 
 def _text(v: Any) -> str:
@@ -217,22 +224,7 @@ def area_values(protocol: Protocol, rng: np.random.Generator, n: int = 40) -> li
             "spend_per_head": round(float(max(50.0, 150 + 1500 * claimant + rng.normal(0, 40)))),
         }
         for f in protocol.unit.place_fields:
-            if f.name in row:
-                continue
-            if f.type == "category":
-                row[f.name] = (
-                    ("higher" if imd[i] >= middle else "lower")
-                    if "higher" in (f.levels or [])
-                    else str(rng.choice(f.levels or [""]))
-                )
-            elif f.name == "homes":
-                row[f.name] = int(np.clip(rng.lognormal(np.log(450), 0.6), 80, 2500))
-            elif f.type == "integer":
-                row[f.name] = int(rng.integers(int(f.min or 100), int(f.max or 2000) + 1))
-            elif f.type == "boolean":
-                row[f.name] = bool(rng.random() < 0.5)
-            else:
-                low, high = f.min if f.min is not None else 0.0, f.max if f.max is not None else 1
-                row[f.name] = round(float(rng.uniform(low, high)), 3)
+            if f.name not in row:
+                row[f.name] = _place_field_value(f, rng, imd[i] >= middle)
         rows.append({k: _text(v) for k, v in row.items()})
     return rows

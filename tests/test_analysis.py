@@ -437,3 +437,18 @@ def test_subgroups_give_per_level_effects_and_an_interaction_test():
     assert got["underpowered"] is (got["interaction_detectable"] > 3)  # the MID is 3
     same = subgroup_effects(p, _rows(800, 3, {"ESA": 0.5, "UC": 0.5}, 1.0), "benefit")
     assert same["interaction_p_value"] > 0.001
+
+
+def test_a_pilot_with_three_arms_is_refused_not_analysed_as_two():
+    """Two-arm analysis only: a third arm must never be folded into the comparison."""
+    from datetime import date as _date
+
+    from evalkit.analysis import analyse as analyse_plan
+    from evalkit.protocol_file import load_protocol
+    from tests.conftest import REPO
+
+    p, _ = load_protocol(REPO / "protocols" / "hackney-keyworker.yaml")
+    third = p.arms[1].model_copy(update={"name": "keyworker_plus", "label": "Key worker plus"})
+    p3 = p.model_copy(update={"arms": [*p.arms, third]})
+    with pytest.raises(ValueError, match="more than two arms is not built yet"):
+        analyse_plan(p3, [], [], {}, 0, _date(2026, 1, 1), [], {}, {}, {})
