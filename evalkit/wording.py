@@ -363,15 +363,13 @@ def progression(results: Mapping[str, Any], counts: Shown) -> list[dict[str, Any
 
 def _safe_share(metric: str, results: Mapping[str, Any], counts: Shown) -> bool:
     """A percentage is published only if the people behind its complement are not a
-    suppressed count (95% retained of 40 reveals the 2 lost)."""
+    hidden count (95% retained of 40 would reveal the 2 lost)."""
     arms_ = results["consort"]["arms"]
     if metric == "retention":
-        lost = sum(a["lost_to_follow_up"] for a in arms_)
-        return lost >= counts.threshold or counts.exact
+        return not any(counts.is_hidden(f"arm.{a['arm']}.lost_to_follow_up") for a in arms_)
     if metric == "adherence":
         _, treated = arms(results)
-        arm = next(a for a in arms_ if a["arm"] == treated["name"])
-        return arm["did_not_start"] >= counts.threshold or counts.exact
+        return not counts.is_hidden(f"arm.{treated['name']}.did_not_start")
     return True
 
 
@@ -398,13 +396,13 @@ def costs(results: Mapping[str, Any]) -> dict[str, Any] | None:
     boot = per.get("bootstrap") or {}
     if per.get("point") is not None and boot.get("conf_low") is not None:
         ratio = (
-            f"£{per['point']:,.0f} for each extra person (95% interval £{boot['conf_low']:,.0f} "
+            f"£{per['point']:,.0f} (95% interval £{boot['conf_low']:,.0f} "
             f"to £{boot['conf_high']:,.0f})"
         )
     elif per.get("point") is not None:
         ratio = (
-            f"about £{per['point']:,.0f} for each extra person, but no reliable range can be "
-            f"given: {boot.get('reason') or per.get('words', '')}"
+            f"about £{per['point']:,.0f}, but no reliable range can be given: "
+            f"{boot.get('reason') or per.get('words', '')}"
         )
     else:
         ratio = per.get("words") or "not worked out"

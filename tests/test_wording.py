@@ -293,3 +293,23 @@ def test_traffic_lights_carry_words_and_withhold_values_resting_on_small_counts(
     assert rows[0]["rule"] == "green at 40 a month or more, amber from 30 a month"
     assert rows[1]["words"] == "on track"
     assert rows[1]["value"].startswith("withheld")  # 99% of 200 would reveal the 2 lost
+
+
+def test_retention_is_shown_when_nobody_or_many_were_lost():
+    r = _results(0.15, 0.04)
+    r["progression"] = [
+        {
+            "metric": "retention",
+            "label": "Retention",
+            "value": 1.0,
+            "green": 0.85,
+            "amber": 0.7,
+            "rating": "green",
+            "words": "on track",
+        },
+    ]
+    assert wording.progression(r, shown(r))[0]["value"] == "100%"  # zero lost is shown
+    for arm in r["consort"]["arms"]:
+        arm["lost_to_follow_up"], arm["analysed"] = 30, arm["analysed"] - 30
+    r["progression"][0]["value"] = 0.85
+    assert wording.progression(r, shown(r))[0]["value"] == "85%"
