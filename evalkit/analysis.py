@@ -426,7 +426,17 @@ def _ri(
         "statistic": plan.statistic,
         "design": r.description,
         "null_quantiles": [_num(q) for q in np.quantile(test.null, [0.025, 0.5, 0.975])],
+        "null_histogram": null_histogram(test.null, test.observed),
     }
+
+
+def null_histogram(null: np.ndarray, observed: float, bins: int = 40) -> dict[str, list]:
+    """The randomisation distribution as a histogram for the technical report (the draws
+    themselves are not kept): equal bins over a range symmetric about zero that holds
+    every draw and the observed statistic on both sides."""
+    reach = float(max(np.max(np.abs(null)), abs(observed))) or 1.0
+    counts, edges = np.histogram(null, bins=bins, range=(-reach, reach))
+    return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
 
 
 def _wcb(

@@ -22,6 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch
+from matplotlib.ticker import MaxNLocator
 
 INK = "#0b0c0c"
 BLUE = "#1d70b8"
@@ -227,6 +228,7 @@ def null_distribution(
         ax.axvline(-observed, color=BLUE, linewidth=1, linestyle="--")
         ax.set_xlabel(f"{label} under re-drawn assignments (solid line: the one observed)")
         ax.set_ylabel("Re-draws")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         for side in ("top", "right"):
             ax.spines[side].set_visible(False)
         description = (

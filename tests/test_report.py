@@ -71,6 +71,14 @@ def test_summary_answers_in_the_order_the_commission_reads(demo_reports, pilot):
     assert "padlocks" in html
 
 
+def test_technical_report_draws_the_randomisation_null_distribution(demo_reports):
+    results = json.loads((demo_reports / "analyses" / "demo-estates" / "results.json").read_text())
+    hist = results["primary"]["randomisation_inference"]["null_histogram"]
+    technical = _page(demo_reports, "demo-estates", "technical.html")
+    assert 'id="ri-null-title">Randomisation-inference null distribution' in technical
+    assert f"Histogram of {sum(hist['counts'])} re-drawn estimates" in technical
+
+
 def test_headline_numbers_are_those_of_results_json(demo_reports):
     results = json.loads(
         (demo_reports / "analyses" / "demo-keyworker" / "results.json").read_text()

@@ -35,7 +35,8 @@ fields and the test that covers each (tests in this file unless a file is named)
   against estimate_effect on the subset) and test_analysis.py::
   test_subgroups_give_per_level_effects_and_an_interaction_test
 - ``cace``: test_analysis.py::test_cace_without_covariates_is_the_wald_ratio
-- ``randomisation_inference`` (p_value, observed, draws, exact, null_quantiles):
+- ``randomisation_inference`` (p_value, observed, draws, exact, null_quantiles,
+  null_histogram):
   test_exact_randomisation_inference_of_the_pairs (all 256 pair flips enumerated here, for
   the estates pilot); test_design_ri.py for the other designs
 - ``wild_cluster_bootstrap``: test_inference.py (against a direct implementation);
@@ -406,6 +407,11 @@ def test_exact_randomisation_inference_of_the_pairs(demo):
     assert ri["null_quantiles"] == pytest.approx(
         list(np.quantile(estimates, [0.025, 0.5, 0.975])), abs=1e-9
     )
+    hist = ri["null_histogram"]
+    reach = max(np.abs(estimates).max(), abs(obs))
+    assert hist["edges"][0] == pytest.approx(-reach) and hist["edges"][-1] == pytest.approx(reach)
+    assert sum(hist["counts"]) == 256
+    assert hist["counts"] == list(np.histogram(estimates, bins=40, range=(-reach, reach))[0])
 
 
 def _pairs(p) -> dict[str, str]:
