@@ -10,6 +10,7 @@ templates/; a council restyles by copying one into a folder given with --templat
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import math
 import os
@@ -17,7 +18,6 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -82,9 +82,10 @@ GLOSSARY = [
 def template_dirs(custom: Path | None = None) -> list[str]:
     """Where templates are looked up: a council's own folder first, then evalkit's."""
     dirs = [str(custom)] if custom else []
-    with contextlib.suppress(ModuleNotFoundError):
-        dirs.append(str(resources.files("evalkit.report_templates")))
-    source = Path(__file__).resolve().parents[1] / "templates"
+    with contextlib.suppress(ModuleNotFoundError):  # installed from a wheel
+        spec = importlib.util.find_spec("evalkit.report_templates")
+        dirs += list(spec.submodule_search_locations or []) if spec else []
+    source = Path(__file__).resolve().parents[1] / "templates"  # a source checkout
     if source.is_dir():
         dirs.append(str(source))
     return dirs
