@@ -285,7 +285,47 @@ def technical_context(
         else None
     )
     ctx["mdes"] = evidence.minimum_detectable_sd(results["primary"], results["alpha"])
+    ctx.update(withheld(results, counts))
     return ctx
+
+
+def withheld(results: Mapping[str, Any], counts: Shown) -> dict[str, Any]:
+    """What the technical report must not print because a small count could be worked
+    back from it: an outcome's unadjusted rates and the measures built on them (a rate
+    times the number analysed gives the events), the people with a baseline category in
+    an arm (a proportion times the arm's size), the share observed when the few lost are
+    hidden, and the compliance rate when the few who did not start are hidden."""
+    control, treated = wording.arms(results)
+    outcomes = [results["primary"], *results.get("secondary", [])]
+    small_outcomes = {
+        o["outcome"]
+        for o in outcomes
+        if o.get("binary")
+        and any(
+            counts.is_hidden(f"{o['outcome']}.{arm}.{cell}")
+            for arm in (treated["name"], control["name"])
+            for cell in ("events", "non_events")
+        )
+    }
+    small_balance = set()
+    if not counts.exact:
+        for i, b in enumerate(results.get("balance", [])):
+            if b["kind"] == "numeric":
+                continue
+            for mean, n in (
+                (b["mean_treated"], b["n_treated"]),
+                (b["mean_control"], b["n_control"]),
+            ):
+                k = round(mean * n)
+                if 0 < k < counts.threshold or 0 < n - k < counts.threshold:
+                    small_balance.add(i)
+    arms_ = results["consort"]["arms"]
+    return {
+        "small_outcomes": small_outcomes,
+        "small_balance": small_balance,
+        "lost_hidden": any(counts.is_hidden(f"arm.{a['arm']}.lost_to_follow_up") for a in arms_),
+        "starts_hidden": counts.is_hidden(f"arm.{treated['name']}.did_not_start"),
+    }
 
 
 def chain_view(

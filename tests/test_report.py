@@ -244,3 +244,42 @@ def test_a_registered_ratio_model_is_shown_as_the_primary_analysis(demo_reports,
     assert "1.753" in technical and "0.5611 (0.2959)" in technical
     # a registered primary analysis that does not confirm the effect stops "very likely"
     assert "very likely helps" not in summary.split('id="how-sure"')[0]
+
+
+def test_technical_report_withholds_what_would_give_a_small_count_away(demo_reports, tmp_path):
+    ws = tmp_path / "copy"
+    shutil.copytree(demo_reports, ws)
+    path = ws / "analyses" / "demo-keyworker" / "results.json"
+    results = json.loads(path.read_text())
+    # a baseline category held by very few people in an arm: its share times the arm's
+    # size would be the count
+    small = [
+        b
+        for b in results["balance"]
+        if b["kind"] != "numeric"
+        and any(
+            0 < round(m * n) < 10
+            for m, n in ((b["mean_treated"], b["n_treated"]), (b["mean_control"], b["n_control"]))
+        )
+    ]
+    assert small, "the demo has a rare baseline category"
+    # and a primary outcome that only 6 people in one arm reached
+    b = results["primary"]["binary"]
+    b["events_control"] = 6
+    b["control_rate"] = 6 / b["n_control"]
+    path.write_text(json.dumps(results))
+    _run(ws, "report", "demo-keyworker")
+    technical = _page(ws, "demo-keyworker", "technical.html")
+    assert technical.count("withheld: fewer than 10 people") == len(small)
+    for row in small:
+        cells = (
+            f'<th scope="row">{row["variable"]}</th><td>{row["level"]}</td>'
+            '<td class="n" colspan="3">withheld: fewer than 10 people</td>'
+        )
+        assert cells in technical
+    assert "Unadjusted rates, risk difference, relative risk, odds ratio" in technical
+    assert f"{b['control_rate'] * 100:.1f}%" not in technical
+    _run(ws, "report", "demo-keyworker", "--exact-counts")
+    exact = _page(ws, "demo-keyworker", "technical.html")
+    assert "withheld: fewer than 10 people" not in exact
+    assert f"{b['control_rate'] * 100:.1f}%" in exact
