@@ -223,7 +223,7 @@ def _finding(
 def how_sure(results: Mapping[str, Any]) -> list[str]:
     """The estimate with its interval, and the Bayesian reading, in words."""
     p = results["primary"]
-    e, b = p["effect"], p["bayes"]
+    e, b = p["effect"], p.get("bayes")
     if not e or not b:
         return [
             "The effect on the primary outcome could not be estimated: "

@@ -114,7 +114,7 @@ def demo_reports(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("demo-reports") / "demo"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EVALKIT_KEY_DIR", str(tmp_path_factory.mktemp("demo-keys")))
+        mp.setenv("EVALKIT_KEY_DIR", str(root.parent / "keys"))  # kept for later commands
         mp.delenv("EVALKIT_DATABASE_URL", raising=False)
         mp.setenv("EVALKIT_USER", "test-evaluator")
         res = CliRunner().invoke(cli, ["demo", "--dir", str(root)], catch_exceptions=False)

@@ -283,3 +283,79 @@ def test_technical_report_withholds_what_would_give_a_small_count_away(demo_repo
     exact = _page(ws, "demo-keyworker", "technical.html")
     assert "withheld: fewer than 10 people" not in exact
     assert f"{b['control_rate'] * 100:.1f}%" in exact
+
+
+def test_amendments_notes_and_deviations_reach_the_reports(demo_reports, tmp_path, monkeypatch):
+    """The way an evaluator gets there: a note in the log, an amendment with its reason,
+    the registered analysis, then an exploratory one on a changed file."""
+    ws = tmp_path / "copy"
+    shutil.copytree(demo_reports, ws)
+    monkeypatch.setenv("EVALKIT_KEY_DIR", str(demo_reports.parent / "keys"))
+    _run(ws, "note", "demo-keyworker", "--date", "2025-01-10", "Jobcentre offices merged")
+    protocol = ws / "protocols" / "demo-keyworker.yaml"
+    text = protocol.read_text()
+    assert "    minimal_important_difference: 3\n" in text
+    protocol.write_text(
+        text.replace(
+            "    minimal_important_difference: 3\n", "    minimal_important_difference: 2.5\n", 1
+        )
+    )
+    _run(ws, "amend", "demo-keyworker", "--reason", "Wellbeing MID agreed with DWP")
+    _run(ws, "analyse", "demo-keyworker")
+    _run(ws, "report", "demo-keyworker")
+    summary = _page(ws, "demo-keyworker", "summary.html")
+    assert "Wellbeing MID agreed with DWP" in summary
+    assert "outcomes[1].minimal_important_difference: 3 → 2.5" in summary
+    assert "Jobcentre offices merged" in summary and "2025-01-10" in summary
+    assert "The analysis followed the registered plan, with no deviations." in summary
+
+    protocol.write_text(protocol.read_text().replace("alpha: 0.05", "alpha: 0.1", 1))
+    _run(ws, "analyse", "demo-keyworker", ok=1)  # a changed plan is refused...
+    _run(ws, "analyse", "demo-keyworker", "--exploratory")  # ...unless labelled so
+    _run(ws, "report", "demo-keyworker")
+    summary = _page(ws, "demo-keyworker", "summary.html")
+    technical = _page(ws, "demo-keyworker", "technical.html")
+    for html in (summary, technical):
+        assert "departs from the registered plan" in html
+        assert "analysis.alpha: 0.05 -&gt; 0.1" in html
+    index = (ws / "analyses" / "index.html").read_text()
+    assert "Exploratory analysis" in index
+
+
+def test_a_primary_outcome_that_could_not_be_estimated_is_said_plainly(demo_reports, tmp_path):
+    ws = tmp_path / "copy"
+    shutil.copytree(demo_reports, ws)
+    path = ws / "analyses" / "demo-estates" / "results.json"
+    results = json.loads(path.read_text())
+    keep = (
+        "outcome",
+        "label",
+        "wording",
+        "type",
+        "primary",
+        "direction",
+        "minimal_important_difference",
+        "source",
+        "model",
+        "primary_analysis",
+        "analysed",
+        "covariates",
+        "effect",
+        "registered_model",
+        "other_standard_errors",
+    )
+    p = {k: v for k, v in results["primary"].items() if k in keep}
+    p.update(
+        effect=None,
+        other_standard_errors=[],
+        not_estimable="fewer than two people with this outcome in an arm",
+    )
+    results["primary"] = p
+    path.write_text(json.dumps(results))
+    _run(ws, "report", "demo-estates")
+    summary = _page(ws, "demo-estates", "summary.html")
+    assert "could not be estimated" in summary
+    assert "cannot be told yet" in summary
+    assert "The primary effect could not be estimated" in _page(
+        ws, "demo-estates", "technical.html"
+    )
