@@ -1275,6 +1275,10 @@ def report(
 
     analyses = app.workspace.root / "analyses"
     names = list(pilots) or (analysed_pilots(analyses) if every else [])
+    if not names and every:
+        raise UserError(
+            f"no pilot in {analyses} has a results.json yet", "run evalkit analyse PILOT first"
+        )
     if not names:
         raise UserError(
             "no pilot named", "give a pilot, e.g. evalkit report hackney-keyworker, or --all"

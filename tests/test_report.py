@@ -187,6 +187,10 @@ def test_bad_input_is_one_clear_message(demo_reports, tmp_path):
     assert "is not a folder" in res.output
     res = _run(ws, "report", ok=1)
     assert "--all" in res.output
+    empty = tmp_path / "empty"
+    (empty / "analyses").mkdir(parents=True)
+    res = _run(empty, "report", "--all", ok=1)
+    assert "has a results.json yet" in res.output and "evalkit analyse PILOT" in res.output
     broken = ws / "analyses" / "demo-estates" / "results.json"
     broken.write_text('{"schema_version": ')
     res = _run(ws, "report", "demo-estates", ok=1)
