@@ -63,9 +63,25 @@ def _ceiling(value: float, table: tuple[tuple[float, int], ...]) -> int:
 def rate(results: Mapping[str, Any]) -> dict[str, Any]:
     """The rating with its reasons: {"padlocks", "words", "reasons": [...]}."""
     primary = results["primary"]
+    if not primary.get("effect"):
+        return {
+            "padlocks": 0,
+            "words": WORDS[0],
+            "reasons": [
+                {
+                    "criterion": "result",
+                    "finding": "the effect on the primary outcome could not be estimated, so "
+                    "there is no finding to rely on",
+                    "ceiling": 0,
+                }
+            ],
+        }
     reasons: list[dict[str, Any]] = []
     design = results["design"]
-    places = (primary["effect"] or {}).get("clusters")
+    places = primary["effect"].get("clusters")
+    threshold = ((results.get("protocol") or {}).get("reporting") or {}).get(
+        "suppression_threshold", 10
+    )
 
     if design == "stepped_wedge":
         ceiling = 4
@@ -89,8 +105,9 @@ def rate(results: Mapping[str, Any]) -> dict[str, Any]:
         )
     else:
         c = _ceiling(mdes, MDES_CEILINGS)
-        n = primary["effect"]["n"]  # an MDES exists only with an effect
-        size = f"{n:,} people" + (f" in {places} places" if places else "")
+        n = primary["effect"]["n"]
+        people = f"{n:,} people" if n >= threshold else f"fewer than {threshold} people"
+        size = people + (f" in {places} places" if places else "")
         reasons.append(
             {
                 "criterion": "size",

@@ -313,3 +313,10 @@ def test_retention_is_shown_when_nobody_or_many_were_lost():
         arm["lost_to_follow_up"], arm["analysed"] = 30, arm["analysed"] - 30
     r["progression"][0]["value"] = 0.85
     assert wording.progression(r, shown(r))[0]["value"] == "85%"
+
+
+def test_no_estimate_means_no_padlocks():
+    r = _results(0.15, 0.04)
+    r["primary"]["effect"] = None
+    rating = evidence.rate(r)
+    assert rating["padlocks"] == 0 and rating["reasons"][0]["criterion"] == "result"
