@@ -123,3 +123,22 @@ def test_report_in_a_real_browser(browser, demo_reports, tmp_path, page_path):
     assert serious == [], serious
     assert [u for u in requests if u != file.as_uri()] == []
     context.close()
+
+
+def test_pdf_is_printed_offline_by_chromium(browser, demo_reports, tmp_path):
+    import shutil as sh
+
+    from click.testing import CliRunner
+
+    from cli import cli
+
+    ws = tmp_path / "copy"
+    sh.copytree(demo_reports, ws)
+    res = CliRunner().invoke(
+        cli, ["--workspace", str(ws), "report", "demo-estates", "--pdf"], catch_exceptions=False
+    )
+    assert res.exit_code == 0, res.output
+    for name in ("summary.pdf", "technical.pdf"):
+        pdf = ws / "analyses" / "demo-estates" / name
+        assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 20_000
+        assert f"wrote {pdf}" in res.output
