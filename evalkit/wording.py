@@ -198,7 +198,11 @@ def _finding(
             for cell in ("events", "non_events")
         )
         if None not in rates and not hidden:
-            rt, rc = (round(r * 100) for r in rates)
+            # the comparison arm's rate as observed, and the rate that the registered
+            # (adjusted) difference implies for the new support
+            control_rate = rates[1]
+            rc = round(control_rate * 100)
+            rt = round(min(max(control_rate + e["estimate"], 0.0), 1.0) * 100)
             return (
                 f"{rt} in every 100 {people} offered {t_label} {p['wording']}, against {rc} "
                 f"in every 100 with {c_label}."

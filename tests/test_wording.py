@@ -128,7 +128,8 @@ def _results(
 
 
 def test_clear_benefit_gives_very_likely_helps_with_natural_frequencies():
-    r = _results(0.15, 0.04, events=(60, 30))
+    # 15 in 100 with usual support; the adjusted difference of 0.15 implies 30 in 100
+    r = _results(0.15, 0.04, events=(64, 30))
     h = wording.headline(r, shown(r))
     assert h["finding"] == (
         "30 in every 100 residents offered key worker support were in paid work for at "
