@@ -277,9 +277,11 @@ def limits(results: Mapping[str, Any]) -> list[str]:
     """What the result does not show."""
     p = results["primary"]
     protocol = results.get("protocol") or {}
+    control, _ = arms(results)
     out = [
         "It shows the effect of offering the support to everyone allocated to it (whether "
-        "or not they took it up), compared with usual support, for the people who took part."
+        f"or not they took it up), compared with {_lower_first(control['label'])}, for the "
+        "people who took part."
     ]
     population = (protocol.get("population") or {}).get("description")
     if population:
