@@ -73,6 +73,7 @@ from evalkit.canonical import diff
 from evalkit.effects import bayesian_reading, words_for
 from evalkit.errors import UserError
 from evalkit.protocol import Prior, slug_ok
+from evalkit.workspace import write_atomically
 
 SCHEMA_VERSION = "1.0"
 POWER = 0.8
@@ -790,12 +791,7 @@ def learn(store: Any, root: Path, pilot: str) -> tuple[Path, dict[str, Any]]:
     except (ValueError, TypeError) as exc:
         raise UserError(f"the iterations of {pilot!r} cannot be pooled: {exc}") from None
     out = root / "analyses" / order[-1] / "learning.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name("learning.json.part")
-    tmp.write_text(
-        json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8"
-    )
-    tmp.replace(out)
+    write_atomically(out, json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
     return out, doc
 
 

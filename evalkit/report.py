@@ -13,7 +13,6 @@ import contextlib
 import importlib.util
 import json
 import math
-import os
 import shutil
 import subprocess
 import tempfile
@@ -26,6 +25,7 @@ import jinja2
 from evalkit import charts, evidence, wording
 from evalkit.disclosure import Shown, shown
 from evalkit.errors import UserError
+from evalkit.workspace import write_atomically
 
 GLOSSARY = [
     (
@@ -401,22 +401,6 @@ def index_context(pilots: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 # --- files ---------------------------------------------------------------------------
 
 
-def _write(path: Path, text: str) -> None:
-    """Write whole or not at all: a reader never sees half a report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # readable like any published page, not mkstemp's 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def load_results(analyses: Path, pilot: str) -> dict[str, Any]:
     path = analyses / pilot / "results.json"
     if not path.exists():
@@ -472,7 +456,7 @@ def write_reports(
     written = []
     for name, html in pages.items():
         path = analyses / pilot / name
-        _write(path, html)
+        write_atomically(path, html)
         written.append(path)
     written.append(write_index(analyses, templates))
     return written
@@ -508,7 +492,7 @@ def write_index(analyses: Path, templates: Path | None = None) -> Path:
     ]
     html = environment(templates).get_template("index.html.j2").render(**index_context(pilots))
     path = analyses / "index.html"
-    _write(path, html)
+    write_atomically(path, html)
     return path
 
 

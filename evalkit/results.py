@@ -26,6 +26,7 @@ from evalkit.protocol import Protocol
 from evalkit.registration import history, require_registered
 from evalkit.store import Store, VersionRecord
 from evalkit.tracking import notes, track
+from evalkit.workspace import write_atomically
 
 
 @cache
@@ -160,12 +161,7 @@ def run(
             "this is a fault in evalkit, not in the pilot's data: report it with the protocol",
         ) from None
     out = workspace / "analyses" / pilot / "results.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name("results.json.part")
-    tmp.write_text(
-        json.dumps(results, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8"
-    )
-    tmp.replace(out)
+    write_atomically(out, json.dumps(results, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
     return out, results
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,3 +52,20 @@ class Workspace:
                 f"create it with 'evalkit init {pilot} --template individual'",
             )
         return path
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write a whole file or nothing: a reader (or a report) never sees half a file. The
+    file is readable like any other the user writes (not mkstemp's 0600)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
