@@ -232,6 +232,29 @@ def _treated(results: Mapping[str, Any]) -> str:
     return next(a["name"] for a in results["arms"] if not a.get("control"))
 
 
+def rates_hidden(results: Mapping[str, Any], outcome: str, counts: Shown) -> bool:
+    """Whether an outcome's rates must be withheld: a rate times the number analysed gives
+    the events (or, from the other side, the people without the outcome)."""
+    return any(
+        counts.is_hidden(f"{outcome}.{a['name']}.{cell}")
+        for a in results["arms"]
+        for cell in ("events", "non_events")
+    )
+
+
+def lost_hidden(results: Mapping[str, Any], counts: Shown) -> bool:
+    """Whether the share followed up must be withheld: it would give the few lost away."""
+    return any(
+        counts.is_hidden(f"arm.{a['arm']}.lost_to_follow_up") for a in results["consort"]["arms"]
+    )
+
+
+def starts_hidden(results: Mapping[str, Any], counts: Shown) -> bool:
+    """Whether the share who started must be withheld: it would give the few who did not
+    start away."""
+    return counts.is_hidden(f"arm.{_treated(results)}.did_not_start")
+
+
 def shown(results: Mapping[str, Any], exact: bool = False) -> Shown:
     """The disclosure-controlled counts of one results.json."""
     threshold = int(

@@ -23,7 +23,7 @@ from typing import Any
 import jinja2
 
 from evalkit import charts, evidence, wording
-from evalkit.disclosure import Shown, shown
+from evalkit.disclosure import Shown, lost_hidden, rates_hidden, shown, starts_hidden
 from evalkit.errors import UserError
 from evalkit.workspace import write_atomically
 
@@ -295,17 +295,11 @@ def withheld(results: Mapping[str, Any], counts: Shown) -> dict[str, Any]:
     times the number analysed gives the events), the people with a baseline category in
     an arm (a proportion times the arm's size), the share observed when the few lost are
     hidden, and the compliance rate when the few who did not start are hidden."""
-    control, treated = wording.arms(results)
     outcomes = [results["primary"], *results.get("secondary", [])]
     small_outcomes = {
         o["outcome"]
         for o in outcomes
-        if o.get("binary")
-        and any(
-            counts.is_hidden(f"{o['outcome']}.{arm}.{cell}")
-            for arm in (treated["name"], control["name"])
-            for cell in ("events", "non_events")
-        )
+        if o.get("binary") and rates_hidden(results, o["outcome"], counts)
     }
     small_balance = set()
     if not counts.exact:
@@ -319,12 +313,11 @@ def withheld(results: Mapping[str, Any], counts: Shown) -> dict[str, Any]:
                 k = round(mean * n)
                 if 0 < k < counts.threshold or 0 < n - k < counts.threshold:
                     small_balance.add(i)
-    arms_ = results["consort"]["arms"]
     return {
         "small_outcomes": small_outcomes,
         "small_balance": small_balance,
-        "lost_hidden": any(counts.is_hidden(f"arm.{a['arm']}.lost_to_follow_up") for a in arms_),
-        "starts_hidden": counts.is_hidden(f"arm.{treated['name']}.did_not_start"),
+        "lost_hidden": lost_hidden(results, counts),
+        "starts_hidden": starts_hidden(results, counts),
     }
 
 

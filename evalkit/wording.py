@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from evalkit.disclosure import Shown
+from evalkit.disclosure import Shown, lost_hidden, rates_hidden, starts_hidden
 
 HELPS = "helps"
 HARMS = "makes things worse"
@@ -192,12 +192,7 @@ def _finding(
             counts.share(f"{name}.{arm}.events", f"{name}.{arm}.analysed")
             for arm in (treated["name"], control["name"])
         ]
-        hidden = any(
-            counts.is_hidden(f"{name}.{arm}.{cell}")
-            for arm in (treated["name"], control["name"])
-            for cell in ("events", "non_events")
-        )
-        if None not in rates and not hidden:
+        if None not in rates and not rates_hidden(results, name, counts):
             # the comparison arm's rate as observed, and the rate that the registered
             # (adjusted) difference implies for the new support
             control_rate = rates[1]
@@ -370,12 +365,10 @@ def progression(results: Mapping[str, Any], counts: Shown) -> list[dict[str, Any
 def _safe_share(metric: str, results: Mapping[str, Any], counts: Shown) -> bool:
     """A percentage is published only if the people behind its complement are not a
     hidden count (95% retained of 40 would reveal the 2 lost)."""
-    arms_ = results["consort"]["arms"]
     if metric == "retention":
-        return not any(counts.is_hidden(f"arm.{a['arm']}.lost_to_follow_up") for a in arms_)
+        return not lost_hidden(results, counts)
     if metric == "adherence":
-        _, treated = arms(results)
-        return not counts.is_hidden(f"arm.{treated['name']}.did_not_start")
+        return not starts_hidden(results, counts)
     return True
 
 
