@@ -225,10 +225,13 @@ def is_synthetic(results: Mapping[str, Any]) -> bool:
 
 
 def summary_context(
-    results: Mapping[str, Any], learning: Mapping[str, Any] | None = None
+    results: Mapping[str, Any],
+    learning: Mapping[str, Any] | None = None,
+    counts: Shown | None = None,
 ) -> dict[str, Any]:
-    """Everything the scrutiny summary shows, with counts disclosure-controlled."""
-    counts = shown(results)
+    """Everything the scrutiny summary shows, with counts disclosure-controlled (``counts``:
+    the technical report passes its own, exact on request)."""
+    counts = counts or shown(results)
     consort_svg, consort_rows = _flow(results, counts)
     outcomes = _outcome_rows(results)
     control, treated = wording.arms(results)
@@ -265,11 +268,9 @@ def technical_context(
     exact_counts: bool = False,
 ) -> dict[str, Any]:
     """The summary's content plus every table an analyst needs to check the numbers."""
-    ctx = summary_context(results, learning)
     counts = shown(results, exact=exact_counts)
-    ctx["counts"] = counts
+    ctx = summary_context(results, learning, counts)
     ctx["exact_counts"] = exact_counts
-    ctx["consort_svg"], ctx["consort_rows"] = _flow(results, counts)
     outcomes = [results["primary"], *results.get("secondary", [])]
     ctx["all_outcomes"] = outcomes
     ri = results["primary"].get("randomisation_inference") or {}
