@@ -330,7 +330,9 @@ def register(app: App, protocol: str, by: str | None, as_json: bool) -> None:
     """
     from evalkit.clock import utc_now
     from evalkit.learn import check_link
+    from evalkit.protocol_file import load_protocol
     from evalkit.registration import register as do_register
+    from evalkit.registration import start_date_warning
 
     check_link(app.store(), app.protocol_path(protocol))
     receipt, created = do_register(
@@ -345,6 +347,10 @@ def register(app: App, protocol: str, by: str | None, as_json: bool) -> None:
             "Registered. Publish or email this receipt so the registration can be "
             "checked independently."
         )
+        p, _ = load_protocol(app.protocol_path(protocol))
+        late = start_date_warning(p, receipt.registered_at)
+        if late:
+            click.echo(f"warning: {late}")
     else:
         click.echo("Already registered with identical content; nothing changed.")
 
@@ -450,6 +456,27 @@ def _today() -> str:
     return date.today().isoformat()
 
 
+def _date(value: str | None, option: str) -> str:
+    """The date typed for ``option`` as YYYY-MM-DD (today when not given); any other form
+    is refused here, where it enters, with both readings of an ambiguous date."""
+    if value is None:
+        return _today()
+    from evalkit.dates import user_date
+
+    return user_date(value, option).isoformat()
+
+
+def _backdate(backdate: bool, reason: str | None) -> str | None:
+    if backdate and not (reason and reason.strip()):
+        raise UserError(
+            "--backdate needs a reason",
+            '--backdate --reason "paper referrals from the launch event entered late"',
+        )
+    if reason and not backdate:
+        raise UserError("--reason is only for --backdate", "add --backdate, or leave out --reason")
+    return reason.strip() if backdate and reason else None
+
+
 def _pilot(app: App, pilot: str):
     from evalkit.enrolment import open_pilot
 
@@ -489,7 +516,21 @@ def _entry_json(e) -> dict:
 @click.option(
     "--set", "values", multiple=True, metavar="FIELD=VALUE", help="A baseline value; repeat."
 )
-@click.option("--date", "on", default=None, help="Date of referral (YYYY-MM-DD; default today).")
+@click.option(
+    "--date",
+    "on",
+    default=None,
+    metavar="YYYY-MM-DD",
+    help="Date of referral (default today); not in the future, nor before registration "
+    "(unless --backdate).",
+)
+@click.option(
+    "--backdate",
+    is_flag=True,
+    help="Allow a referral date before the pilot's registration (a paper list entered "
+    "late); needs --reason, kept in the log and shown in the reports.",
+)
+@click.option("--reason", default=None, help="Why the referral is backdated (with --backdate).")
 @click.option("--ref", default=None, help="Your own reference, where the protocol allows one.")
 @click.option("--by", default=None, help="Who allocates (default: EVALKIT_USER or login).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -500,6 +541,8 @@ def enrol(
     unit_id: str,
     values: tuple[str, ...],
     on: str | None,
+    backdate: bool,
+    reason: str | None,
     ref: str | None,
     by: str | None,
     as_json: bool,
@@ -520,8 +563,9 @@ def enrol(
         if not sep or not name:
             raise UserError(f"--set {item!r} is not FIELD=VALUE", "e.g. --set age=44")
         raw[name.strip()] = value
+    day, why = _date(on, "--date"), _backdate(backdate, reason)
     p = _pilot(app, pilot)
-    out = do_enrol(app.store(), p, unit_id, raw, utc_now(), by or _user(), on or _today(), ref)
+    out = do_enrol(app.store(), p, unit_id, raw, utc_now(), by or _user(), day, ref, why)
     e, existing = (out.existing[0], True) if out.existing else (out.entries[0], False)
     if as_json:
         _emit(
@@ -546,7 +590,21 @@ def enrol(
     help="Write each row's result (row, pseudonym or place, status, arm) as CSV.",
 )
 @click.option("--id-column", default="id", show_default=True, help="Identifier column.")
-@click.option("--date", "on", default=None, help="Date of referral (default today).")
+@click.option(
+    "--date",
+    "on",
+    default=None,
+    metavar="YYYY-MM-DD",
+    help="Date of referral of every row (default today); not in the future, nor before "
+    "registration (unless --backdate).",
+)
+@click.option(
+    "--backdate",
+    is_flag=True,
+    help="Allow a date before the pilot's registration (a paper list entered late); "
+    "needs --reason, kept in the log and shown in the reports.",
+)
+@click.option("--reason", default=None, help="Why the list is backdated (with --backdate).")
 @click.option("--by", default=None, help="Who allocates (default: EVALKIT_USER or login).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @pass_app
@@ -557,6 +615,8 @@ def allocate(
     out: Path | None,
     id_column: str,
     on: str | None,
+    backdate: bool,
+    reason: str | None,
     by: str | None,
     as_json: bool,
 ) -> None:
@@ -569,8 +629,9 @@ def allocate(
     from evalkit.clock import utc_now
     from evalkit.enrolment import allocate_file, write_results
 
+    day, why = _date(on, "--date"), _backdate(backdate, reason)
     p = _pilot(app, pilot)
-    res = allocate_file(app.store(), p, file, utc_now(), by or _user(), on or _today(), id_column)
+    res = allocate_file(app.store(), p, file, utc_now(), by or _user(), day, id_column, why)
     if out is not None:
         write_results(out, res)
     if as_json:
@@ -634,7 +695,13 @@ def places() -> None:
     default=None,
     help="A registered place pilot: write its places file and record the rule in its log.",
 )
-@click.option("--date", "on", default=None, help="Date the rule is recorded for (default today).")
+@click.option(
+    "--date",
+    "on",
+    default=None,
+    metavar="YYYY-MM-DD",
+    help="Date the rule is recorded for (default today).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the ranking as JSON.")
 @pass_app
 def places_rank(
@@ -675,7 +742,7 @@ def places_rank(
         app.store() if p else None,
         utc_now(),
         _user(),
-        on or _today(),
+        _date(on, "--date"),
     )
     if as_json:
         _emit(
@@ -709,7 +776,9 @@ def places_rank(
     help="What happened.",
 )
 @click.option("--reason", default="", help="Why (kept in the log).")
-@click.option("--date", "on", default=None, help="When it happened (default today).")
+@click.option(
+    "--date", "on", default=None, metavar="YYYY-MM-DD", help="When it happened (default today)."
+)
 @click.option("--by", default=None, help="Who records it.")
 @pass_app
 def event(
@@ -730,12 +799,11 @@ def event(
     from evalkit.clock import utc_now
     from evalkit.enrolment import record_event
 
-    p = _pilot(app, pilot)
+    day = _date(on, "--date")
     if kind == "unblinded" and not reason.strip():
         raise UserError("unblinding needs a reason", 'give --reason "analysis plan locked"')
-    res = record_event(
-        app.store(), p, unit_id, kind, utc_now(), by or _user(), on or _today(), reason
-    )
+    p = _pilot(app, pilot)
+    res = record_event(app.store(), p, unit_id, kind, utc_now(), by or _user(), day, reason)
     click.echo(f"{pilot}: recorded {kind} as log entry {res.head[0]}")
     click.echo(_head_line(res.head))
 
@@ -798,6 +866,7 @@ def verify(
                 "bad_entry": v.chain.bad_seq or v.bad_seq,
                 "replayed": v.replayed if secret else None,
                 "published_head_found": v.published_head_found,
+                "date_problems": v.date_problems,
                 "secret": secret.hex() if reveal_secret and v.ok and secret else None,
             }
         )
@@ -821,6 +890,8 @@ def verify(
     click.echo(
         f"{pilot}: the allocation log verifies: {v.chain.entries} entries, head {v.chain.head}"
     )
+    for problem in v.date_problems:
+        click.echo(f"  warning: {problem}")
     if published_head:
         click.echo("  the published head is in the log")
     if secret is not None:
@@ -857,6 +928,8 @@ def status(app: App, pilot: str, as_json: bool) -> None:
             click.echo(f"  {level}s allocated: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     if s["blinded"]:
         click.echo("  arms are shown under neutral labels until unblinding is recorded")
+    for problem in s["date_problems"]:
+        click.echo(f"  warning: {problem}")
     if s["excluded"]:
         click.echo("  excluded: " + "; ".join(f"{k}: {v}" for k, v in s["excluded"].items()))
     if s["events"]:
@@ -914,7 +987,12 @@ def outcomes() -> None:
     metavar="OUTCOME:FIELD=COLUMN",
     help="Column mapping on top of the protocol's (FIELD: value, date, start, end).",
 )
-@click.option("--as-of", default=None, help="Extract date: data complete up to (default today).")
+@click.option(
+    "--as-of",
+    default=None,
+    metavar="YYYY-MM-DD",
+    help="Extract date: data complete up to (default today).",
+)
 @click.option("--correct", is_flag=True, help="Accept changed values as corrections.")
 @click.option("--reason", default=None, help="Why the values are corrected (with --correct).")
 @click.option("--by", default=None, help="Who imports (default: EVALKIT_USER or login).")
@@ -945,12 +1023,9 @@ def outcomes_import(
     from evalkit.clock import utc_now
     from evalkit.outcome_import import import_outcomes
 
-    p = _pilot(app, pilot)
+    extract = date.fromisoformat(_date(as_of, "--as-of"))
     today = date.fromisoformat(_today())
-    try:
-        extract = date.fromisoformat(as_of) if as_of else today
-    except ValueError:
-        raise UserError(f"--as-of {as_of!r} is not a date", "write YYYY-MM-DD") from None
+    p = _pilot(app, pilot)
     res = import_outcomes(
         app.store(),
         p,
@@ -977,6 +1052,7 @@ def outcomes_import(
     click.echo(
         f"{pilot}: imported {file} from {source} as import {res.import_id}: "
         f"{res.new} new records, {res.corrected} corrections, {res.unchanged} unchanged"
+        + (f", {res.ended} spells that were open have ended" if res.ended else "")
     )
 
 
@@ -1015,7 +1091,9 @@ def export(app: App, pilot: str, what: str, out: Path | None) -> None:
 @cli.command()
 @click.argument("pilot")
 @click.option("--within", default=30, show_default=True, help="Days ahead to include.")
-@click.option("--as-of", default=None, help="Date to list for (default today).")
+@click.option(
+    "--as-of", default=None, metavar="YYYY-MM-DD", help="Date to list for (default today)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
 @pass_app
 def followup(app: App, pilot: str, within: int, as_of: str | None, as_json: bool) -> None:
@@ -1029,10 +1107,10 @@ def followup(app: App, pilot: str, within: int, as_of: str | None, as_json: bool
     from evalkit.tracking import followup as due_list
     from evalkit.tracking import track
 
+    today = date.fromisoformat(_date(as_of, "--as-of"))
     rp = require_registered(
         app.store(), app.workspace.protocol_path(pilot), pilot, exploratory=True
     )
-    today = date.fromisoformat(as_of or _today())
     items = due_list(
         rp.protocol, track(app.store(), rp.protocol, today).dataset.rows, today, within
     )
@@ -1054,7 +1132,9 @@ def followup(app: App, pilot: str, within: int, as_of: str | None, as_json: bool
 @cli.command()
 @click.argument("pilot")
 @click.argument("text")
-@click.option("--date", "on", default=None, help="When it happened (default today).")
+@click.option(
+    "--date", "on", default=None, metavar="YYYY-MM-DD", help="When it happened (default today)."
+)
 @click.option("--by", default=None, help="Who records it.")
 @pass_app
 def note(app: App, pilot: str, text: str, on: str | None, by: str | None) -> None:
@@ -1066,11 +1146,10 @@ def note(app: App, pilot: str, text: str, on: str | None, by: str | None) -> Non
     from evalkit.enrolment import record_event
 
     if not text.strip():
-        raise UserError("a note needs some text")
+        raise UserError("a note needs some text", 'e.g. evalkit note PILOT "contract ended"')
+    day = _date(on, "--date")
     p = _pilot(app, pilot)
-    res = record_event(
-        app.store(), p, None, "note", utc_now(), by or _user(), on or _today(), text.strip()
-    )
+    res = record_event(app.store(), p, None, "note", utc_now(), by or _user(), day, text.strip())
     click.echo(f"{pilot}: note recorded as log entry {res.head[0]}")
 
 
@@ -1170,7 +1249,12 @@ def estimate(
     help="Run on a protocol file that differs from its registration; everything "
     "produced is labelled exploratory, with the changes listed.",
 )
-@click.option("--as-of", default=None, help="Date the analysis is for (default today).")
+@click.option(
+    "--as-of",
+    default=None,
+    metavar="YYYY-MM-DD",
+    help="Date the analysis is for (default today; not in the future).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print results.json to the screen too.")
 @pass_app
 def analyse(app: App, pilot: str, exploratory: bool, as_of: str | None, as_json: bool) -> None:
@@ -1182,14 +1266,13 @@ def analyse(app: App, pilot: str, exploratory: bool, as_of: str | None, as_json:
 
     from evalkit.results import run
 
-    path, res = run(
-        app.store(),
-        app.keyring(),
-        app.workspace.root,
-        pilot,
-        date.fromisoformat(as_of or _today()),
-        exploratory,
-    )
+    day = date.fromisoformat(_date(as_of, "--as-of"))
+    if day > date.today():
+        raise UserError(
+            f"--as-of {day.isoformat()} is in the future",
+            "an analysis can only use what is known today; leave out --as-of",
+        )
+    path, res = run(app.store(), app.keyring(), app.workspace.root, pilot, day, exploratory)
     if as_json:
         _emit(res)
         return
@@ -1322,14 +1405,22 @@ def learn(app: App, pilot: str, as_json: bool) -> None:
     show_default=True,
     help="Folder for the demo workspace (created; must be empty or new).",
 )
-def demo(directory: Path) -> None:
+@click.option(
+    "--seed",
+    default=2016,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Seed of the synthetic data and of the demo pilots' secrets.",
+)
+def demo(directory: Path, seed: int) -> None:
     """Run the evalkit cycle end to end on synthetic data in a fresh workspace.
 
-    Example: evalkit demo --dir /tmp/evalkit-demo
+    The demo's pilots' keys go to a folder beside it (DIR-keys), never to your own key
+    directory. Example: evalkit demo --dir /tmp/evalkit-demo
     """
     from evalkit.demo import run_demo
 
-    run_demo(directory, echo=click.echo)
+    run_demo(directory, echo=click.echo, seed=seed)
 
 
 def main() -> None:

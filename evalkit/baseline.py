@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
+from evalkit.dates import parse_iso
 from evalkit.protocol import BaselineField, Protocol
 
 TRUE = {"true", "yes", "y", "1"}
@@ -75,7 +76,7 @@ def parse_value(f: BaselineField, raw: Any) -> Any:
             value = text.isoformat()
         else:
             try:
-                value = date.fromisoformat(str(text)).isoformat()
+                value = parse_iso(text).isoformat()
             except ValueError:
                 raise ValueError("is not a date (write YYYY-MM-DD)") from None
     if f.type in {"integer", "number"}:

@@ -5,12 +5,17 @@ power and register three pilots, enrol and allocate, record withdrawals, import 
 from several agencies, verify every log, analyse, run a second iteration of the key-worker
 pilot adapted from the first, learn across the two, and write every report and the index.
 Every pilot and data file it makes is synthetic and named so. The pilots are dated in the
-past so that their follow-up has ended by today.
+past so that their follow-up has ended by today: each is registered two weeks before its
+start date, and every referral, withdrawal and start is entered on the day it happened, so
+the log reads as a real pilot's would. The demo's secrets are derived from its seed and
+kept in a key folder beside its workspace (``DIR-keys``), never in the user's own key
+directory: the same seed on the same day gives the same pilots.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import re
 from collections.abc import Callable
 from datetime import date, timedelta
@@ -21,7 +26,7 @@ import numpy as np
 from evalkit.clock import utc_now
 from evalkit.enrolment import allocate_file, enrol, open_pilot, record_event, verify
 from evalkit.errors import UserError
-from evalkit.keys import KeyRing, default_key_dir
+from evalkit.keys import KeyRing
 from evalkit.learn import learn, start_iteration
 from evalkit.outcome_import import import_outcomes
 from evalkit.places import make_rule, rank_areas
@@ -49,6 +54,23 @@ SECOND = "demo-keyworker-2"
 STARTS = {"demo-keyworker": 42, "demo-estates": 30, "demo-front-door": 30, SECOND: 20}
 ESTATE_INDICATORS = "claimant_rate,mh_claimant_share,imd_score,spend_per_head"
 ESTATE_WEIGHTS = "0.3,0.3,0.2,0.2"
+REGISTERED_BEFORE_START = timedelta(days=14)
+
+
+def key_dir(directory: Path) -> Path:
+    """The demo's key folder: beside its workspace, never inside it or in the user's own
+    key directory."""
+    return directory.parent / f"{directory.name}-keys"
+
+
+def demo_secret(seed: int, pilot: str) -> bytes:
+    """A synthetic pilot's secret, derived from the demo's seed (never for a real pilot)."""
+    return hashlib.sha256(f"evalkit demo secret/{seed}/{pilot}".encode()).digest()
+
+
+def _at(day: date, hour: int = 9) -> str:
+    """A synthetic entry time on ``day`` (UTC), for entries made on the day they happened."""
+    return f"{day.isoformat()}T{hour:02d}:00:00.000000Z"
 
 
 def _write_csv(path: Path, rows: list[dict[str, str]]) -> Path:
@@ -69,14 +91,20 @@ def run_demo(directory: Path, echo: Callable[[str], None] = print, seed: int = 2
     """Run the demo; returns the pilot ids registered."""
     if directory.exists() and any(directory.iterdir()):
         raise UserError(f"{directory} is not empty", "give a new folder with --dir")
+    keys = KeyRing(key_dir(directory.resolve()))
+    if keys.directory.exists() and any(keys.directory.iterdir()):
+        raise UserError(
+            f"{keys.directory} (the demo's key folder) is not empty",
+            "give a new folder with --dir, or remove the old demo and its key folder",
+        )
     directory.mkdir(parents=True, exist_ok=True)
     root = directory.resolve()
-    keys = KeyRing(default_key_dir())
     keys.ensure_outside(root)
     store = Store.open(f"sqlite:///{root / 'evalkit.db'}")
-    rng = np.random.default_rng(seed)  # synthetic data only; allocations use each pilot's secret
+    rng = np.random.default_rng(seed)  # synthetic data; the secrets come from the seed too
     today = date.today()
     echo(f"evalkit demo in {root} (synthetic pilots and people; no real resident's data)")
+    echo(f"   its pilots' keys are in {keys.directory} (synthetic; kept out of your own)")
     try:
         echo("1. Choose 16 of 40 candidate council estates on need and spend (places rank)")
         chosen = _choose_estates(root, rng, echo)
@@ -87,7 +115,7 @@ def run_demo(directory: Path, echo: Callable[[str], None] = print, seed: int = 2
             if pilot == "demo-estates":
                 text = _with_places(text, chosen)
             path.write_text(text, encoding="utf-8")
-            _register(store, keys, path, pilot, echo)
+            _register(store, keys, path, pilot, echo, seed)
         people = {
             "demo-keyworker": _keyworker(store, keys, root, rng, echo, "demo-keyworker", "3."),
             "demo-estates": _places(store, keys, root, rng, echo, "demo-estates", 320),
@@ -109,7 +137,7 @@ def run_demo(directory: Path, echo: Callable[[str], None] = print, seed: int = 2
             f"9. Adapt the key-worker pilot and run it again as {SECOND} (iteration_of "
             "demo-keyworker): eligibility widened to 18 months out of work"
         )
-        _second_iteration(store, keys, root, rng, echo, today)
+        _second_iteration(store, keys, root, rng, echo, today, seed)
         echo("10. Learn across the chain demo-keyworker -> demo-keyworker-2")
         _, doc = learn(store, root, SECOND)
         echo(f"   {doc['statement']}")
@@ -124,6 +152,10 @@ def run_demo(directory: Path, echo: Callable[[str], None] = print, seed: int = 2
     for pilot in [*DEMO_PILOTS, SECOND]:
         echo(f"  {analyses / pilot / 'summary.html'}")
     echo(f"  {analyses / 'demo-keyworker' / 'technical.html'} (and one for each pilot)")
+    echo(
+        f"To run evalkit commands on the demo: EVALKIT_KEY_DIR={keys.directory} "
+        f"evalkit --workspace {root} status demo-keyworker"
+    )
     return [*DEMO_PILOTS, SECOND]
 
 
@@ -143,10 +175,13 @@ def _with_places(text: str, chosen: list[str]) -> str:
     return head + "  - name: estate\n" + tail
 
 
-def _register(store: Store, keys: KeyRing, path: Path, pilot: str, echo) -> None:
+def _register(store: Store, keys: KeyRing, path: Path, pilot: str, echo, seed: int) -> None:
+    """Register two weeks before the protocol's start date, as a real pilot would be."""
     protocol, _ = load_protocol(path)
+    assert protocol.start_date is not None
     power = min(c["power_at_mid"] for c in power_for_protocol(protocol)["comparisons"])
-    receipt, _ = register(store, keys, path, BY, utc_now())
+    when = _at(protocol.start_date - REGISTERED_BEFORE_START, 10)
+    receipt, _ = register(store, keys, path, BY, when, demo_secret(seed, pilot))
     echo(
         f"   {pilot}: registered, sha256 {receipt.hash[:16]}...; power at the smallest "
         f"difference that matters {power:.0%}"
@@ -199,7 +234,13 @@ def _analyse(store: Store, keys: KeyRing, root: Path, pilot: str, today: date, e
 
 
 def _second_iteration(
-    store: Store, keys: KeyRing, root: Path, rng: np.random.Generator, echo, today: date
+    store: Store,
+    keys: KeyRing,
+    root: Path,
+    rng: np.random.Generator,
+    echo,
+    today: date,
+    seed: int,
 ) -> None:
     path = start_iteration(store, root, SECOND, "demo-keyworker", force=False)
     text = path.read_text(encoding="utf-8")
@@ -216,7 +257,7 @@ def _second_iteration(
         "reason: Out of work for less than 24 months", "reason: Out of work for less than 18 months"
     )
     path.write_text(text, encoding="utf-8")
-    _register(store, keys, path, SECOND, echo)
+    _register(store, keys, path, SECOND, echo, seed)
     people = _keyworker(store, keys, root, rng, echo, SECOND, "  ")
     _outcomes(store, keys, root, rng, echo, SECOND, people, today)
     _verify(store, keys, SECOND, echo)
@@ -244,7 +285,7 @@ def _keyworker(
             pilot,
             f"SYN-{prefix}-{i:04d}",
             referral_values(pilot.protocol, rng),
-            utc_now(),
+            _at(on),
             BY,
             on.isoformat(),
         )
@@ -252,20 +293,21 @@ def _keyworker(
         if e.kind == "allocation":
             allocated.append((f"SYN-{prefix}-{i:04d}", e.arm != pilot.protocol.control.name, on))
     for raw_id, _, on in allocated[:: max(1, len(allocated) // 8)][:8]:
+        left = on + timedelta(days=40)
         record_event(
             store,
             pilot,
             raw_id,
             "withdrawn",
-            utc_now(),
+            _at(left, 15),
             BY,
-            (on + timedelta(days=40)).isoformat(),
+            left.isoformat(),
             "moved out of the area",
         )
     for raw_id, treated, on in allocated:
         if treated:
             kind = "started" if rng.random() < 0.78 else "did_not_start"
-            record_event(store, pilot, raw_id, kind, utc_now(), BY, on.isoformat(), "")
+            record_event(store, pilot, raw_id, kind, _at(on, 16), BY, on.isoformat(), "")
     echo(
         f"   {len(allocated)} allocated, {240 - len(allocated)} not eligible (reasons "
         "recorded); 8 withdrawals and each key-worker resident's start recorded as events"
@@ -294,13 +336,13 @@ def _places(
             out=places_csv,
             pilot=pilot,
             store=store,
-            now=utc_now(),
+            now=_at(start, 8),
             by=BY,
             on=start.isoformat(),
         )
     else:
         _write_csv(places_csv, place_values(p, rng))
-    placed = allocate_file(store, pilot, places_csv, utc_now(), BY, start.isoformat())
+    placed = allocate_file(store, pilot, places_csv, _at(start), BY, start.isoformat())
     echo(f"{step}. {name}: {len(placed.entries)} places allocated together ({p.design.method})")
     rows = [
         {"id": f"SYN-{name[5:8].upper()}-{i:04d}", **referral_values(p, rng)} for i in range(people)
@@ -311,7 +353,7 @@ def _places(
         part = rows[chunk::4]
         on = start + timedelta(days=int(days * chunk / 4))
         csv_path = _write_csv(root / "data" / f"{name}-people-{chunk + 1}-synthetic.csv", part)
-        out = allocate_file(store, pilot, csv_path, utc_now(), BY, on.isoformat())
+        out = allocate_file(store, pilot, csv_path, _at(on, 11), BY, on.isoformat())
         for row, e, _ in out.rows:
             if e.kind == "allocation":
                 joined.append((part[int(row or 2) - 2]["id"], e.arm != p.control.name, on))

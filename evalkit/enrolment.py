@@ -10,10 +10,12 @@ from __future__ import annotations
 import csv
 import json
 from dataclasses import dataclass, field, replace
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 from evalkit import allocation as AL
+from evalkit.dates import check_randomisation_date, date_problems, entry_on, user_date
 from evalkit.errors import BatchRejected, UserError
 from evalkit.keys import KeyRing, commitment
 from evalkit.ledger import EVENTS, ChainCheck, Entry, chain, check_chain
@@ -30,6 +32,7 @@ class Pilot:
     rp: RegisteredProtocol
     secret: bytes
     registration_hash: str
+    registered_on: date  # the day of the first registration: no one is randomised before it
 
     @property
     def protocol(self) -> Protocol:
@@ -54,7 +57,29 @@ def open_pilot(store: Store, keys: KeyRing, path: Path, pilot: str) -> Pilot:
     assert record is not None
     secret = keys.load(record.id, record.uid, record.secret_commitment)
     first = store.versions(pilot)[0]
-    return Pilot(rp, secret, first.hash)
+    return Pilot(rp, secret, first.hash, date.fromisoformat(first.registered_at[:10]))
+
+
+def checked_date(pilot: Pilot, on: str, now: str, backdate: str | None = None) -> str:
+    """The referral or joining date as YYYY-MM-DD, checked: a real date, not after today
+    (the day of ``now``), not before the pilot's registration unless ``backdate`` gives the
+    reason."""
+    day = user_date(on, "the date")
+    check_randomisation_date(day, pilot.registered_on, date.fromisoformat(now[:10]), backdate)
+    return day.isoformat()
+
+
+def with_backdate(pilot: Pilot, entries: list[Entry], reason: str | None) -> list[Entry]:
+    """Mark entries dated before registration with the stated reason (the reports show it)."""
+    if not reason:
+        return entries
+    first = pilot.registered_on.isoformat()
+    return [
+        replace(e, detail={**e.detail, "backdated": reason.strip()})
+        if (e.detail.get("on") or first) < first
+        else e
+        for e in entries
+    ]
 
 
 @dataclass(frozen=True)
@@ -84,10 +109,13 @@ def enrol(
     by: str,
     on: str,
     ref: str | None = None,
+    backdate: str | None = None,
 ) -> Written:
     """One referral: its existing record if already enrolled, else an exclusion (with the
-    rules' reasons) or an allocation, written with the head moved in one transaction."""
+    rules' reasons) or an allocation, written with the head moved in one transaction.
+    ``backdate`` is the reason for a referral dated before registration."""
     _check_ref(pilot, ref)
+    on = checked_date(pilot, on, now, backdate)
     refs, problems = AL.check_referrals(
         pilot.protocol, pilot.secret, [(None, raw_id, raw_values)], on
     )
@@ -103,7 +131,7 @@ def enrol(
         if existing is not None:
             return Written([], [existing], tx.head())
         entry = AL.exclusion(ctx, refs[0]) if refs[0].reasons else AL.decide(ctx, tx, refs[0])
-        entries = AL.with_refs([entry], refs)
+        entries = with_backdate(pilot, AL.with_refs([entry], refs), backdate)
         sealed = chain(entries, pilot.protocol.id, pilot.registration_hash, tx.head())
         head = tx.append(sealed)
     return Written(sealed, [], head)
@@ -153,11 +181,20 @@ def read_table(path: Path) -> list[tuple[int, dict[str, Any]]]:
 
 
 def allocate_file(
-    store: Store, pilot: Pilot, file: Path, now: str, by: str, on: str, id_column: str = "id"
+    store: Store,
+    pilot: Pilot,
+    file: Path,
+    now: str,
+    by: str,
+    on: str,
+    id_column: str = "id",
+    backdate: str | None = None,
 ) -> Written:
     """Allocate every row of a file, or none: all rows are checked before anything is
-    drawn, and all entries are written in one transaction."""
+    drawn, and all entries are written in one transaction. ``on`` is the referral (or
+    joining) date of every row; ``backdate`` the reason when it is before registration."""
     p = pilot.protocol
+    on = checked_date(pilot, on, now, backdate)
     rows = read_table(file)
     places_first = p.unit.level == "place" and not _places_allocated(store, p.id)
     if places_first:
@@ -204,6 +241,7 @@ def allocate_file(
             known = tx.units("participant", [r.unit for r in refs])
             existing = [known[r.unit] for r in refs if r.unit in known]
             entries = AL.with_refs(AL.allocate_batch(ctx, tx, refs), refs)
+        entries = with_backdate(pilot, entries, backdate)
         sealed = chain(entries, p.id, pilot.registration_hash, tx.head())
         head = tx.append(sealed)
     new = {e.unit: e for e in sealed}
@@ -261,9 +299,19 @@ def record_event(
     on: str,
     reason: str,
 ) -> Written:
-    """Withdrawal, did-not-start, started or unblinding: a new entry, never an edit."""
+    """Withdrawal, did-not-start, started, unblinding or a context note: a new entry,
+    never an edit. Its date is checked: not in the future, and for a person's event not
+    before that person was randomised (a note may record something from before the
+    pilot, such as a contract that ended)."""
     if kind not in EVENTS:
         raise UserError(f"unknown event {kind!r}", f"use one of {', '.join(EVENTS)}")
+    day = user_date(on, "the date")
+    today = date.fromisoformat(now[:10])
+    if day > today:
+        raise UserError(
+            f"the date {day.isoformat()} is in the future (today is {today.isoformat()})",
+            "record what has happened, on the day it happened",
+        )
     ctx = pilot.context(now, by)
     with store.log_tx(pilot.protocol.id) as tx:
         unit = None
@@ -275,9 +323,15 @@ def record_event(
                     "no allocation for that id in this pilot",
                     "check the id; events are recorded for allocated people",
                 )
+            if day < entry_on(found):
+                raise UserError(
+                    f"the date {day.isoformat()} is before this person was randomised "
+                    f"({entry_on(found).isoformat()})",
+                    "give the date it happened, on or after randomisation",
+                )
         elif kind not in {"unblinded", "note"}:
             raise UserError(f"a {kind} event needs --unit-id")
-        entry = AL.event(ctx, unit, kind, on, reason)
+        entry = AL.event(ctx, unit, kind, day.isoformat(), reason)
         sealed = chain([entry], pilot.protocol.id, pilot.registration_hash, tx.head())
         head = tx.append(sealed)
     return Written(sealed, [], head)
@@ -293,6 +347,7 @@ class Verification:
     replay_problem: str = ""
     bad_seq: int | None = None
     published_head_found: bool | None = None
+    date_problems: list[str] = field(default_factory=list)  # entries with unreadable dates
 
     @property
     def ok(self) -> bool:
@@ -321,8 +376,9 @@ def verify(
     found = None
     if published_head is not None:
         found = published_head in {e.entry_hash for e in entries}
+    problems = date_problems(entries)
     if not check.ok or secret is None:
-        return Verification(check, published_head_found=found)
+        return Verification(check, published_head_found=found, date_problems=problems)
     if commitment(secret) != record.secret_commitment:
         raise UserError(
             "that secret does not match the commitment made at registration",
@@ -332,7 +388,7 @@ def verify(
     hashes = {v.number: v.hash for v in versions}
     rngs = RngFactory(pilot_seed(secret, versions[0].hash))
     replayed, problem, bad = replay(entries, protocols, hashes, rngs)
-    return Verification(check, replayed, problem, bad, found)
+    return Verification(check, replayed, problem, bad, found, problems)
 
 
 def replay(

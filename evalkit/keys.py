@@ -54,10 +54,17 @@ class KeyRing:
                 "set EVALKIT_KEY_DIR to a folder outside the workspace and the repo",
             )
 
-    def create(self, pilot_id: str, uid: str, created_at: str) -> bytes:
-        """Make and save a new secret; never overwrites an existing key file."""
+    def create(
+        self, pilot_id: str, uid: str, created_at: str, secret: bytes | None = None
+    ) -> bytes:
+        """Make and save a new secret; never overwrites an existing key file. ``secret`` is
+        for synthetic pilots only (the demo derives its secrets from its seed so that it
+        gives the same pilots every time); a real pilot's secret is always drawn here."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        secret = secrets.token_bytes(SECRET_BYTES)
+        if secret is None:
+            secret = secrets.token_bytes(SECRET_BYTES)
+        elif len(secret) != SECRET_BYTES:
+            raise ValueError(f"a secret has {SECRET_BYTES} bytes, not {len(secret)}")
         body = json.dumps(
             {"pilot": pilot_id, "uid": uid, "created_at": created_at, "secret": secret.hex()},
             indent=2,

@@ -18,6 +18,7 @@ from typing import Any
 
 from evalkit.allocation import RowProblem, pseudonymiser
 from evalkit.baseline import check_range
+from evalkit.dates import entry_on, stored_on
 from evalkit.enrolment import Pilot, read_table
 from evalkit.errors import BatchRejected, UserError
 from evalkit.ledger import Entry
@@ -30,19 +31,20 @@ FALSE = {"0", "false", "no", "n"}
 
 @dataclass(frozen=True)
 class ImportPlan:
-    new: list[Observation]  # records to write (first versions and corrections)
+    new: list[Observation]  # records to write (first versions, corrections, ended spells)
     unchanged: int
     corrected: int
     problems: list[RowProblem]
+    ended: int = 0  # spells open in an earlier extract that have ended since
 
 
 def randomisation_dates(entries: list[Entry]) -> dict[str, date]:
     """Each randomised person's pseudonym and randomisation (or joining) date."""
-    out = {}
-    for e in entries:
-        if e.kind == "allocation" and e.level == "participant" and e.unit:
-            out[e.unit] = date.fromisoformat(e.detail.get("on") or e.created_at[:10])
-    return out
+    return {
+        e.unit: entry_on(e)
+        for e in entries
+        if e.kind == "allocation" and e.level == "participant" and e.unit
+    }
 
 
 def resolve_mapping(
@@ -202,13 +204,16 @@ def plan_import(
                 continue
             seen[key] = (row, obs)
 
-    new, unchanged, corrected = [], 0, 0
+    new, unchanged, corrected, ended = [], 0, 0, 0
     for key, (row, obs) in seen.items():
         old = latest.get(key)
         if old is None:
             new.append(obs)
         elif old.same_content(obs):
             unchanged += 1
+        elif _spell_ended(old, obs):  # new information, not a correction
+            new.append(replace(obs, version=old.version + 1))
+            ended += 1
         elif correct:
             new.append(replace(obs, version=old.version + 1))
             corrected += 1
@@ -224,7 +229,19 @@ def plan_import(
                 )
             )
     problems.sort(key=lambda p: -1 if p.row is None else p.row)
-    return ImportPlan(new, unchanged, corrected, problems)
+    return ImportPlan(new, unchanged, corrected, problems, ended)
+
+
+def _spell_ended(old: Observation, new: Observation) -> bool:
+    """A spell that was still open in an earlier extract and has an end date in this one:
+    agencies report a job's end once it ends, so this is an update, kept as a new version
+    like a correction but needing no reason."""
+    return (
+        old.kind == new.kind == "spell"
+        and old.end_date is None
+        and new.end_date is not None
+        and old.start_date == new.start_date
+    )
 
 
 def _shown(o: Observation) -> str:
@@ -329,6 +346,7 @@ class ImportResult:
     new: int
     corrected: int
     unchanged: int
+    ended: int = 0  # spells open in an earlier extract that have ended since
 
 
 def import_outcomes(
@@ -383,9 +401,14 @@ def import_outcomes(
         )
         import_id = tx.add(record, plan.new)
     return ImportResult(
-        import_id, len(rows), len(plan.new) - plan.corrected, plan.corrected, plan.unchanged
+        import_id,
+        len(rows),
+        len(plan.new) - plan.corrected - plan.ended,
+        plan.corrected,
+        plan.unchanged,
+        plan.ended,
     )
 
 
 def _randomised(store: Store, pilot_id: str) -> dict[str, date]:
-    return {u: date.fromisoformat(d) for u, d in store.randomisation_dates(pilot_id).items()}
+    return {u: stored_on(on, at) for u, (on, at) in store.randomisation_dates(pilot_id).items()}

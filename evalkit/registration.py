@@ -163,9 +163,12 @@ def environment() -> dict[str, str]:
     }
 
 
-def register(store: Store, keys: KeyRing, path: Path, by: str, now: str) -> tuple[Receipt, bool]:
+def register(
+    store: Store, keys: KeyRing, path: Path, by: str, now: str, secret: bytes | None = None
+) -> tuple[Receipt, bool]:
     """Register a protocol file. Returns the receipt and whether anything new was stored;
-    registering identical content again stores nothing and returns the same receipt."""
+    registering identical content again stores nothing and returns the same receipt.
+    ``secret`` only for synthetic pilots (see KeyRing.create)."""
     protocol, located = load_protocol(path)
     data, h = located.data, protocol_hash(located.data)
     pilot = store.pilot(protocol.id)
@@ -173,7 +176,7 @@ def register(store: Store, keys: KeyRing, path: Path, by: str, now: str) -> tupl
         return _existing_receipt(store, pilot, protocol.id, data, h), False
 
     uid = secrets.token_hex(16)
-    secret = keys.create(protocol.id, uid, now)
+    secret = keys.create(protocol.id, uid, now, secret)
     record = PilotRecord(
         protocol.id, uid, commitment(secret), now, json.dumps(environment(), sort_keys=True)
     )
@@ -191,6 +194,21 @@ def register(store: Store, keys: KeyRing, path: Path, by: str, now: str) -> tupl
         keys.remove(protocol.id, uid)
         raise
     return Receipt.of(record, first), True
+
+
+def start_date_warning(protocol: Protocol, registered_at: str) -> str | None:
+    """A plan registered after its own start date was not fixed before the pilot began:
+    say so at registration, while it can still be put right (an amendment can move the
+    start date; referrals cannot be dated before registration without --backdate)."""
+    start = protocol.start_date
+    day = registered_at[:10]
+    if start is None or start.isoformat() >= day:
+        return None
+    return (
+        f"start_date {start.isoformat()} is before today's registration ({day}): the "
+        "reports show the registration date, and referrals dated before it need "
+        "--backdate --reason; if the pilot has not started, amend start_date"
+    )
 
 
 def _existing_receipt(store: Store, pilot: PilotRecord, pid: str, data: Any, h: str) -> Receipt:

@@ -55,7 +55,8 @@ GLOSSARY = [
     (
         "Pre-registration",
         "The plan for the pilot and its analysis was fixed and fingerprinted (the hash) "
-        "before anyone was allocated; any later change is recorded with its reason.",
+        "before anyone was allocated; any later change is recorded with its reason. "
+        "Referrals entered late with earlier dates are listed with the reason given.",
     ),
     (
         "Hash",

@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from evalkit.analysis import SCHEMA_VERSION, analyse
+from evalkit.dates import backdated, first_randomised
 from evalkit.errors import UserError
 from evalkit.keys import KeyRing
 from evalkit.protocol import Protocol
 from evalkit.registration import history, require_registered
 from evalkit.store import Store, VersionRecord
-from evalkit.tracking import notes, track
+from evalkit.tracking import notes, nothing_to_analyse, track
 from evalkit.workspace import write_atomically
 
 
@@ -125,6 +126,17 @@ def run(
     t = track(store, rp.protocol, today)
     if not t.dataset.rows:
         raise UserError(f"pilot {pilot!r} has nobody randomised yet", "enrol or allocate first")
+    if len(rp.protocol.arms) != 2:
+        raise UserError(
+            f"the registered analysis of a pilot with {len(rp.protocol.arms)} arms is not "
+            "built yet (evalkit analyses two-arm pilots)",
+            f"export the data with 'evalkit export {pilot} --what analysis --out data.csv' "
+            "and estimate each comparison with 'evalkit estimate data.csv --outcome Y "
+            "--treatment arm --arms CONTROL,ARM' (labelled exploratory)",
+        )
+    early = nothing_to_analyse(rp.protocol, t.dataset.rows)
+    if early is not None:
+        raise UserError(*early)
     deviations = [str(c) for c in rp.standing.changes] if rp.exploratory else []
     versions = store.versions(pilot)
     analysed = rp.standing.matched or versions[-1]  # exploratory: deviations from the latest
@@ -148,11 +160,20 @@ def run(
             today,
             deviations,
             provenance,
-            registration(history(store, pilot), analysed.number),
+            {
+                **registration(history(store, pilot), analysed.number),
+                "first_randomised": first_randomised(t.entries),
+                "backdated": backdated(t.entries),
+            },
             registered_protocol(analysed),
         )
     except ValueError as exc:
-        raise UserError(f"the analysis cannot run: {exc}") from None
+        raise UserError(
+            f"the analysis cannot run: {exc}",
+            "nothing was written; this is a gap in evalkit, not a fault in the pilot's data: "
+            f"report it with the protocol ('evalkit status {pilot}' and 'evalkit export' "
+            "still work)",
+        ) from None
     try:
         check_results(results)
     except ValueError as exc:  # never write a file the reports cannot trust

@@ -9,6 +9,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from evalkit.dates import date_problems
 from evalkit.keys import KeyRing, derive
 from evalkit.ledger import Entry
 from evalkit.randomness import RngFactory
@@ -94,6 +95,7 @@ def pilot_status(
         "registered_hash": versions[-1].hash,
         "protocol_file_current": rp.standing.ok,
         "blinded": blinded,
+        "date_problems": date_problems(entries),
         **summarise(entries, labels),
         "log_entries": record.log_count,
         "log_head": record.log_head,

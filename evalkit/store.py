@@ -443,14 +443,14 @@ class Store:
             q = select(imports).where(imports.c.pilot_id == pilot_id).order_by(imports.c.id)
             return [ImportRecord(**r) for r in conn.execute(q).mappings()]
 
-    def randomisation_dates(self, pilot_id: str) -> dict[str, str]:
-        """Each randomised person's pseudonym and randomisation (or joining) date, read
-        without decoding whole log entries."""
+    def randomisation_dates(self, pilot_id: str) -> dict[str, tuple[str | None, str]]:
+        """Each randomised person's pseudonym with the recorded randomisation (or joining)
+        date and the time the entry was written, read without decoding whole entries."""
         q = select(log.c.unit, log.c.detail, log.c.created_at).where(
             log.c.pilot_id == pilot_id, log.c.kind == "allocation", log.c.level == "participant"
         )
         with self.read() as conn:
-            return {u: json.loads(d).get("on") or c[:10] for u, d, c in conn.execute(q)}
+            return {u: (json.loads(d).get("on"), c) for u, d, c in conn.execute(q)}
 
     def count_allocations(self, pilot_id: str, level: str = "participant") -> int:
         with self.read() as conn:

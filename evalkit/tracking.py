@@ -10,6 +10,7 @@ from typing import Any
 
 from evalkit import consort, progression
 from evalkit.dataset import Dataset, build
+from evalkit.dates import entry_on
 from evalkit.derivation import window_end
 from evalkit.ledger import Entry
 from evalkit.protocol import Protocol
@@ -88,6 +89,40 @@ def followup(
     return sorted(out, key=lambda x: (order[x["state"]], x["due"], x["outcome"], x["unit"]))
 
 
+def nothing_to_analyse(protocol: Protocol, rows: list[dict[str, Any]]) -> tuple[str, str] | None:
+    """Why the registered analysis cannot start yet, as (message, hint), or None.
+
+    It cannot start while nobody's primary outcome is known: either it is not due yet
+    (then say when it will be: the first due date and the date by which half are due)
+    or its agency's file has not been imported."""
+    o = protocol.primary
+    status = [r[f"{o.name}_status"] for r in rows]
+    if not rows or "observed" in status:
+        return None
+    pilot = protocol.id
+    if "not_yet_due" in status:
+        due = sorted(
+            window_end(date.fromisoformat(r["randomised_on"]), o.window.months)
+            for r in rows
+            if r[f"{o.name}_status"] == "not_yet_due"
+        )
+        median = due[(len(due) - 1) // 2]
+        return (
+            f"the primary outcome ({o.label}) is not known for anyone yet: it is measured "
+            f"{o.window.months} months after randomisation, so the first is due on "
+            f"{due[0].isoformat()} and half of those still to come by {median.isoformat()}",
+            f"see how the pilot stands now with 'evalkit status {pilot}' and "
+            f"'evalkit followup {pilot}'; analyse once the {o.source} file with "
+            f"{o.name} has been imported with 'evalkit outcomes import'",
+        )
+    return (
+        f"the primary outcome ({o.label}) is not recorded for anyone, although it is due "
+        "for everyone randomised",
+        f"import the {o.source} file that holds {o.name}: "
+        f"evalkit outcomes import {pilot} FILE --source {o.source}",
+    )
+
+
 def recruitment_by_month(rows: list[dict[str, Any]]) -> dict[str, int]:
     return dict(sorted(Counter(r["randomised_on"][:7] for r in rows).items()))
 
@@ -95,7 +130,7 @@ def recruitment_by_month(rows: list[dict[str, Any]]) -> dict[str, int]:
 def notes(entries: list[Entry]) -> list[dict[str, Any]]:
     return [
         {
-            "date": e.detail.get("on"),
+            "date": entry_on(e).isoformat(),
             "text": e.detail.get("reason", ""),
             "recorded_at": e.created_at,
             "by": e.created_by,

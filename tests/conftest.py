@@ -3,9 +3,11 @@ skip, saying why, when EVALKIT_TEST_PG_URL is unset (.ci/run always sets it)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import uuid
+from datetime import UTC, date, datetime
 from pathlib import Path
 from urllib.parse import quote
 
@@ -14,6 +16,23 @@ import pytest
 from evalkit.store import Store, normalise_url
 
 REPO = Path(__file__).resolve().parents[1]
+#: The day the suite's demos run on: the demo dates its pilots from today, so a fixed day
+#: (with its fixed seed) makes every demo the same on every run.
+DEMO_DAY = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+
+
+def travel(at: datetime | date | None):
+    """A context in which the clock shows ``at`` (a date means noon UTC that day); no
+    change when ``at`` is None."""
+    if at is None:
+        return contextlib.nullcontext()
+    import time_machine
+
+    if not isinstance(at, datetime):
+        at = datetime(at.year, at.month, at.day, 12, 0, tzinfo=UTC)
+    return time_machine.travel(at, tick=False)
+
+
 DATA = Path(__file__).with_name("data")
 PG_URL = os.environ.get("EVALKIT_TEST_PG_URL")
 
@@ -90,10 +109,12 @@ def cli_in(tmp_path, store_url):
     ws = tmp_path / "ws"
     ws.mkdir()
 
-    def _run(*args: str, ok: int | None = 0):
-        res = CliRunner().invoke(
-            cli, ["--workspace", str(ws), "--store", store_url, *args], catch_exceptions=False
-        )
+    def _run(*args: str, ok: int | None = 0, at: datetime | date | None = None):
+        """``at``: run as if the clock showed that moment (dates are checked against it)."""
+        with travel(at):
+            res = CliRunner().invoke(
+                cli, ["--workspace", str(ws), "--store", store_url, *args], catch_exceptions=False
+            )
         if ok is not None:
             assert res.exit_code == ok, res.output
         assert "Traceback" not in res.output
@@ -104,19 +125,32 @@ def cli_in(tmp_path, store_url):
     return _run
 
 
-@pytest.fixture(scope="session")
-def demo_reports(tmp_path_factory) -> Path:
-    """One demo workspace for the whole run, with every report written, as a user gets it
-    from `evalkit demo`."""
+def run_demo(target: Path, *args: str):
+    """`evalkit demo --dir TARGET` as a user runs it, on DEMO_DAY (its seed is fixed, so
+    every run gives the same pilots). Returns the CLI result; the demo's keys are in
+    ``key_dir(target)``, beside it."""
     from click.testing import CliRunner
 
     from cli import cli
 
+    with travel(DEMO_DAY):
+        return CliRunner().invoke(cli, ["demo", "--dir", str(target), *args])
+
+
+def demo_keys(target: Path) -> Path:
+    from evalkit.demo import key_dir
+
+    return key_dir(target.resolve())
+
+
+@pytest.fixture(scope="session")
+def demo_reports(tmp_path_factory) -> Path:
+    """One demo workspace for the whole run, with every report written, as a user gets it
+    from `evalkit demo`."""
     root = tmp_path_factory.mktemp("demo-reports") / "demo"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EVALKIT_KEY_DIR", str(root.parent / "keys"))  # kept for later commands
         mp.delenv("EVALKIT_DATABASE_URL", raising=False)
         mp.setenv("EVALKIT_USER", "test-evaluator")
-        res = CliRunner().invoke(cli, ["demo", "--dir", str(root)], catch_exceptions=False)
+        res = run_demo(root)
         assert res.exit_code == 0, res.output
     return root

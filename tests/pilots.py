@@ -13,7 +13,9 @@ from evalkit.registration import register
 from evalkit.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
+REGISTERED = "2025-01-02T09:00:00.000000Z"  # before every referral date the tests use
 NOW = "2027-04-02T09:00:00.000000Z"
+LATER = "2028-06-01T09:00:00.000000Z"  # for entries dated after NOW
 BENEFITS = ["ESA", "JSA", "UC"]
 ROUTES = ["JCP", "GP", "IAPT", "self", "VCS"]
 
@@ -35,7 +37,7 @@ def make_pilot(
     path = ws / "protocols" / f"{pilot}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
-    register(store, keys, path, "tester", NOW)
+    register(store, keys, path, "tester", REGISTERED)
     return open_pilot(store, keys, path, pilot)
 
 

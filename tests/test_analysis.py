@@ -17,23 +17,22 @@ from evalkit.protocol_file import load_protocol
 from evalkit.results import check_results
 from evalkit.store import Store
 from evalkit.tracking import track
+from tests.conftest import DEMO_DAY, demo_keys, run_demo, travel
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    keys = str(tmp_path_factory.mktemp("keys"))
     target = tmp_path_factory.mktemp("d") / "demo"
-    res = CliRunner(env={"EVALKIT_KEY_DIR": keys}).invoke(
-        cli, ["demo", "--dir", str(target)], catch_exceptions=False
-    )
+    res = run_demo(target)
     assert res.exit_code == 0, res.output
-    return SimpleNamespace(root=target, keys=keys)
+    return SimpleNamespace(root=target, keys=str(demo_keys(target)))
 
 
 def analyse(demo, pilot, *extra, ok=0):
-    res = CliRunner(env={"EVALKIT_KEY_DIR": demo.keys}).invoke(
-        cli, ["--workspace", str(demo.root), "analyse", pilot, *extra], catch_exceptions=False
-    )
+    with travel(DEMO_DAY):
+        res = CliRunner(env={"EVALKIT_KEY_DIR": demo.keys}).invoke(
+            cli, ["--workspace", str(demo.root), "analyse", pilot, *extra], catch_exceptions=False
+        )
     assert res.exit_code == ok, res.output
     return res.output
 

@@ -18,7 +18,7 @@ START = date(2025, 2, 3)
 @pytest.fixture
 def run(cli_in, tmp_path):
     cli_in("init", "kw-pilot")
-    cli_in("register", "kw-pilot")
+    cli_in("register", "kw-pilot", at=START - timedelta(days=14))
     rnd = random.Random(2)
     rows = [{"id": f"NI{i}", "ref": f"case-{i}", **referral(rnd)} for i in range(10)]
     cli_in(

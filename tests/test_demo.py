@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import pytest
-from click.testing import CliRunner
+import json
 
-from cli import cli
+import pytest
+
 from evalkit.enrolment import verify
 from evalkit.store import Store
+from tests.conftest import demo_keys, run_demo
 
 
-def test_demo_runs_every_built_step_and_every_log_verifies(tmp_path):
+def test_demo_runs_every_built_step_and_every_log_verifies(tmp_path, key_dir):
     target = tmp_path / "demo"
-    res = CliRunner().invoke(cli, ["demo", "--dir", str(target)], catch_exceptions=False)
+    res = run_demo(target)
     assert res.exit_code == 0, res.output
     assert "synthetic" in res.output
     assert "warning" not in res.output.lower()
@@ -32,7 +33,11 @@ def test_demo_runs_every_built_step_and_every_log_verifies(tmp_path):
             assert (target / "analyses" / pilot / name).is_file()
             assert f"{target.resolve() / 'analyses' / pilot / 'summary.html'}" in res.output
     assert (target / "analyses" / "demo-keyworker-2" / "learning.json").is_file()
-    assert res.output.rstrip().endswith("(and one for each pilot)")
+    assert "(and one for each pilot)" in res.output
+    keys = demo_keys(target)
+    assert res.output.rstrip().endswith(
+        f"EVALKIT_KEY_DIR={keys} evalkit --workspace {target.resolve()} status demo-keyworker"
+    )
     assert f"{target.resolve() / 'analyses' / 'index.html'}" in res.output
     store = Store.open(f"sqlite:///{target / 'evalkit.db'}")
     try:
@@ -53,14 +58,41 @@ def test_demo_runs_every_built_step_and_every_log_verifies(tmp_path):
         assert notes[0].seq == 1 and "selection" in notes[0].detail
     finally:
         store.close()
-    again = CliRunner().invoke(cli, ["demo", "--dir", str(target)])
+    again = run_demo(target)
     assert again.exit_code == 1 and "is not empty" in again.output
+    # the demo's keys are beside it, never in the user's own key directory
+    assert sorted(p.name.rsplit("-", 1)[0] for p in keys.iterdir()) == sorted(pilots)
+    assert not any(key_dir.iterdir())
+
+
+def test_the_demo_registers_each_pilot_before_it_randomises_anyone(demo_reports):
+    """Every pilot's plan is registered two weeks before its start date, and its first
+    referral is on or after the start date: what the reports say holds."""
+    for pilot in ("demo-keyworker", "demo-estates", "demo-front-door", "demo-keyworker-2"):
+        results = json.loads((demo_reports / "analyses" / pilot / "results.json").read_text())
+        reg = results["registration"]
+        start = results["protocol"]["start_date"]
+        assert reg["registered_at"][:10] < start <= reg["first_randomised"], pilot
+        assert reg["backdated"] == []
+
+
+def test_the_demo_gives_the_same_pilots_every_time(tmp_path):
+    """Its secrets come from its seed: two demos on the same day are the same demo."""
+    for name in ("a", "b"):
+        assert run_demo(tmp_path / name).exit_code == 0
+    for pilot in ("demo-keyworker", "demo-estates"):
+        a, b = (
+            json.loads((tmp_path / n / "analyses" / pilot / "results.json").read_text())
+            for n in ("a", "b")
+        )
+        assert a["primary"]["effect"] == b["primary"]["effect"]
+        assert a["provenance"]["log_head"] == b["provenance"]["log_head"]
 
 
 @pytest.mark.parametrize("pilot", ["demo-estates", "demo-front-door"])
 def test_demo_place_pilots_allocate_places_then_people(tmp_path, pilot):
     target = tmp_path / "demo"
-    CliRunner().invoke(cli, ["demo", "--dir", str(target)], catch_exceptions=False)
+    assert run_demo(target).exit_code == 0
     store = Store.open(f"sqlite:///{target / 'evalkit.db'}")
     entries = store.log_entries(pilot)
     store.close()
@@ -78,7 +110,7 @@ def test_consort_adds_up_on_every_demo_pilot(tmp_path):
     from evalkit.tracking import track
 
     target = tmp_path / "demo"
-    CliRunner().invoke(cli, ["demo", "--dir", str(target)], catch_exceptions=False)
+    assert run_demo(target).exit_code == 0
     store = Store.open(f"sqlite:///{target / 'evalkit.db'}")
     try:
         for pilot in store.pilot_ids():

@@ -13,7 +13,7 @@ from evalkit.design_ri import _arrangements, _wedge_count, redraw
 from evalkit.enrolment import allocate_file, enrol
 from evalkit.inference import randomisation_test
 from evalkit.keys import KeyRing
-from tests.pilots import NOW, make_pilot, referral, values_for, write_csv
+from tests.pilots import LATER, NOW, make_pilot, referral, values_for, write_csv
 
 
 @pytest.fixture
@@ -129,7 +129,7 @@ def test_matched_pairs_list_every_split_and_stepped_wedge_every_order(store, key
             sw,
             f"W{i}",
             values_for(sw.protocol, r, locality=f"L{1 + i % 6}"),
-            NOW,
+            LATER,
             "a",
             day.isoformat(),
         )

@@ -20,7 +20,7 @@ from evalkit.errors import UserError
 from evalkit.keys import KeyRing
 from evalkit.ledger import chain
 from evalkit.status import neutral_labels, pilot_status
-from tests.pilots import NOW, make_pilot, referral, values_for, write_csv
+from tests.pilots import LATER, NOW, make_pilot, referral, values_for, write_csv
 
 ON = "2027-04-02"
 
@@ -195,13 +195,13 @@ def test_stepped_wedge_exposure_follows_the_period_of_joining(store, keys, tmp_p
             sw,
             f"S{i}",
             values_for(sw.protocol, rnd, locality=name),
-            NOW,
+            LATER,
             "a",
             start.isoformat(),
         ).entries[0]
         assert early.arm == "usual" and early.detail["period"] == 1
         after = enrol(
-            store, sw, f"T{i}", values_for(sw.protocol, rnd, locality=name), NOW, "a", late
+            store, sw, f"T{i}", values_for(sw.protocol, rnd, locality=name), LATER, "a", late
         ).entries[0]
         assert after.arm == sw.protocol.arms[1].name and after.detail["period"] == 4
     assert verify(store, "sw-pilot", sw.secret).ok
@@ -243,8 +243,8 @@ def test_other_participant_designs_replay(store, keys, tmp_path, design, enrol_o
 def test_events_are_added_never_edits(store, kw):
     rnd = random.Random(12)
     [e] = enrol(store, kw, "G1", referral(rnd), NOW, "ana", ON).entries
-    record_event(store, kw, "G1", "withdrawn", NOW, "ana", "2027-06-01", "moved away")
-    record_event(store, kw, "g1", "did_not_start", NOW, "ana", "2027-06-01", "")
+    record_event(store, kw, "G1", "withdrawn", LATER, "ana", "2027-06-01", "moved away")
+    record_event(store, kw, "g1", "did_not_start", LATER, "ana", "2027-06-01", "")
     with pytest.raises(UserError, match="no allocation for that id"):
         record_event(store, kw, "nobody", "withdrawn", NOW, "ana", ON, "")
     log = store.log_entries("kw-pilot")

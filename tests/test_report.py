@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from cli import cli
 from evalkit.store import Store
+from tests.conftest import demo_keys
 
 PILOTS = ("demo-keyworker", "demo-estates", "demo-front-door", "demo-keyworker-2")
 
@@ -312,7 +313,7 @@ def test_amendments_notes_and_deviations_reach_the_reports(demo_reports, tmp_pat
     the registered analysis, then an exploratory one on a changed file."""
     ws = tmp_path / "copy"
     shutil.copytree(demo_reports, ws)
-    monkeypatch.setenv("EVALKIT_KEY_DIR", str(demo_reports.parent / "keys"))
+    monkeypatch.setenv("EVALKIT_KEY_DIR", str(demo_keys(demo_reports)))
     _run(ws, "note", "demo-keyworker", "--date", "2025-01-10", "Jobcentre offices merged")
     protocol = ws / "protocols" / "demo-keyworker.yaml"
     text = protocol.read_text()

@@ -70,26 +70,22 @@ import numpy as np
 import pandas as pd
 import pytest
 import statsmodels.formula.api as smf
-from click.testing import CliRunner
 from scipy import stats
 from scipy.stats.contingency import odds_ratio, relative_risk
 
-from cli import cli
 from evalkit.estimators import estimate_effect
 from evalkit.protocol_file import load_protocol
 from evalkit.store import Store
 from evalkit.tracking import track
+from tests.conftest import run_demo
 
 PILOTS = ["demo-keyworker", "demo-estates", "demo-front-door"]
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    keys = str(tmp_path_factory.mktemp("keys"))
     root = tmp_path_factory.mktemp("d") / "demo"
-    res = CliRunner(env={"EVALKIT_KEY_DIR": keys}).invoke(
-        cli, ["demo", "--dir", str(root)], catch_exceptions=False
-    )
+    res = run_demo(root)
     assert res.exit_code == 0, res.output
     out = {}
     store = Store.open(f"sqlite:///{root / 'evalkit.db'}")
