@@ -108,7 +108,11 @@ def outcome_effect(
     if min(counts.values()) < 2:
         out["not_estimable"] = "fewer than two people with this outcome in an arm"
         return out
-    eff = estimate_effect(frame, o.name, "arm", covariates, cluster, None, a.se, a.alpha, arms)
+    try:
+        eff = estimate_effect(frame, o.name, "arm", covariates, cluster, None, a.se, a.alpha, arms)
+    except ValueError as exc:  # e.g. a stepped wedge's exposure confounded with period
+        out["not_estimable"] = str(exc)
+        return out
     out["effect"] = {
         **eff.as_dict(),
         "scale": "difference in proportions" if o.type == "binary" else "difference in means",
@@ -482,6 +486,7 @@ def _costs(
         "per_participant": costing.cost_per_participant(protocol.costs, arms),
         "incremental": delta,
         "by_agency": costing.value_by_agency(protocol.costs, effects, n_treated, control, treated),
+        "value_not_estimable": costing.unvalued_outcomes(protocol.costs, effects),
     }
     primary = protocol.primary
     if primary.type == "binary" and primary.name in effects:
@@ -576,7 +581,7 @@ def analyse(
         "primary": primary,
         "secondary": [r for r in results if not r["primary"]],
         "balance": [_clean(b) for b in balance],
-        "attrition": _clean(E.attrition(due, analysed)) if sum(due.values()) else None,
+        "attrition": _clean(E.attrition(due, analysed)) if all(due.values()) else None,
         "consort": c,
         "progression": tracking["progression"],
         "costs": _costs(protocol, rows, effects, seed),

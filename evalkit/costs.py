@@ -26,6 +26,7 @@ __all__ = [
     "cost_per_participant",
     "describe_ratio",
     "incremental_cost",
+    "unvalued_outcomes",
     "value_by_agency",
 ]
 
@@ -187,44 +188,54 @@ def value_by_agency(
     positive net means the agency saves. The ``_total`` figures are for ``n_treated``
     participants. A last row with agency ``"total"`` adds up all agencies, the view of the
     public purse as a whole; leave it out when summing rows.
+
+    A valued outcome missing from ``effects`` (it could not be estimated yet) leaves the
+    value and net of its agency, and of the total, unknown (None): its costs are still
+    known, and a value of zero would understate what the support may be worth.
     """
     if isinstance(n_treated, bool) or not isinstance(n_treated, int | np.integer):
         raise ValueError(f"n_treated must be a whole number, not {n_treated!r}")
     if n_treated < 0:
         raise ValueError(f"n_treated cannot be negative ({n_treated})")
-    missing = sorted({v.outcome for v in costs.outcome_values} - set(effects))
-    if missing:
-        raise ValueError(f"no effect given for valued outcome(s): {', '.join(missing)}")
     _finite(**{f"effect on {k}": v for k, v in effects.items()})
 
     delta = incremental_cost(costs, control, treated)
     delta.pop(TOTAL)
-    value: dict[str, float] = {}
+    value: dict[str, float | None] = {}
     for v in costs.outcome_values:
-        value[v.agency] = value.get(v.agency, 0.0) + v.value * effects[v.outcome]
+        known = value.get(v.agency, 0.0)
+        effect = effects.get(v.outcome)
+        value[v.agency] = None if known is None or effect is None else known + v.value * effect
     rows = []
     for agency in _ordered(set(delta) | set(value)):
         rows.append(_row(agency, delta.get(agency, 0.0), value.get(agency, 0.0), n_treated))
+    values = [r["value_per_participant"] for r in rows]
     rows.append(
         _row(
             TOTAL,
             sum(r["cost_per_participant"] for r in rows),
-            sum(r["value_per_participant"] for r in rows),
+            None if None in values else sum(values),
             n_treated,
         )
     )
     return rows
 
 
-def _row(agency: str, cost: float, value: float, n: int) -> dict[str, Any]:
+def unvalued_outcomes(costs: Costs, effects: dict[str, float]) -> list[str]:
+    """Valued outcomes with no estimated effect: their value to each agency is unknown."""
+    return sorted({v.outcome for v in costs.outcome_values} - set(effects))
+
+
+def _row(agency: str, cost: float, value: float | None, n: int) -> dict[str, Any]:
+    net = None if value is None else value - cost
     return {
         "agency": agency,
         "cost_per_participant": cost,
         "value_per_participant": value,
-        "net_per_participant": value - cost,
+        "net_per_participant": net,
         "cost_total": cost * n,
-        "value_total": value * n,
-        "net_total": (value - cost) * n,
+        "value_total": None if value is None else value * n,
+        "net_total": None if net is None else net * n,
     }
 
 

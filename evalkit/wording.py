@@ -372,6 +372,11 @@ def _safe_share(metric: str, results: Mapping[str, Any], counts: Shown) -> bool:
     return True
 
 
+def _unvalued(c: Mapping[str, Any]) -> str:
+    names = ", ".join(c.get("value_not_estimable") or []) or "an outcome"
+    return f"the effect on {names} could not be estimated, so its value is unknown"
+
+
 def costs(results: Mapping[str, Any]) -> dict[str, Any] | None:
     """Who pays and who saves, per person offered the new support, and the cost of each
     extra person with the primary outcome."""
@@ -383,7 +388,9 @@ def costs(results: Mapping[str, Any]) -> dict[str, Any] | None:
         if a["agency"] == "total":
             continue
         net = a["net_per_participant"]
-        if abs(net) < 0.5:
+        if net is None:
+            words = "not known yet: " + _unvalued(c)
+        elif abs(net) < 0.5:
             words = "no change"
         elif net > 0:
             words = f"saves £{net:,.0f} per person"
@@ -391,6 +398,15 @@ def costs(results: Mapping[str, Any]) -> dict[str, Any] | None:
             words = f"pays £{-net:,.0f} more per person"
         rows.append({**a, "words": words})
     total = next((a for a in c["by_agency"] if a["agency"] == "total"), None)
+    if total is not None:
+        net = total["net_per_participant"]
+        total = {
+            **total,
+            "words": "not known yet: " + _unvalued(c)
+            if net is None
+            else (f"net saving of £{net:,.0f}" if net > 0 else f"net cost of £{-net:,.0f}")
+            + " per person",
+        }
     per = c.get("per_additional_outcome") or {}
     boot = per.get("bootstrap") or {}
     if per.get("point") is not None and boot.get("conf_low") is not None:
@@ -403,8 +419,12 @@ def costs(results: Mapping[str, Any]) -> dict[str, Any] | None:
             f"about £{per['point']:,.0f}, but no reliable range can be given: "
             f"{boot.get('reason') or per.get('words', '')}"
         )
+    elif per.get("words"):
+        ratio = per["words"]
+    elif results["primary"].get("type") == "binary":
+        ratio = "not worked out yet: the effect on the primary outcome could not be estimated"
     else:
-        ratio = per.get("words") or "not worked out"
+        ratio = None  # a cost per additional person needs a yes/no primary outcome
     return {
         "currency": c["currency"],
         "price_year": c.get("price_year"),

@@ -18,6 +18,7 @@ from evalkit.costs import (
     cost_per_participant,
     describe_ratio,
     incremental_cost,
+    unvalued_outcomes,
     value_by_agency,
 )
 from evalkit.protocol import Costs, OutcomeValue, UnitCost
@@ -175,9 +176,16 @@ def test_value_by_agency_several_payers():
     assert by["total"]["net_total"] == pytest.approx(sum(r["net_total"] for r in agencies))
 
 
-def test_value_by_agency_needs_every_valued_effect(costs):
-    with pytest.raises(ValueError, match="in_work_13wk"):
-        value_by_agency(costs, {"wellbeing": 1.0}, 100, "usual", "keyworker")
+def test_value_by_agency_leaves_value_unknown_without_the_effect(costs):
+    """A valued outcome not yet estimated: its agency's value and net (and the total's) are
+    unknown, never zero; the costs are still shown."""
+    rows = value_by_agency(costs, {"wellbeing": 1.0}, 100, "usual", "keyworker")
+    by = {r["agency"]: r for r in rows}
+    assert by["DWP"]["value_per_participant"] is None and by["DWP"]["net_total"] is None
+    assert by["total"]["value_per_participant"] is None
+    assert by["council"]["cost_per_participant"] == pytest.approx(2100 - 169)
+    assert by["council"]["net_per_participant"] == pytest.approx(-(2100 - 169))
+    assert unvalued_outcomes(costs, {"wellbeing": 1.0}) == ["in_work_13wk"]
 
 
 def test_value_by_agency_rejects_bad_counts(costs):
