@@ -1,0 +1,908 @@
+"""Random real-sized pilots, run start to finish through the command line.
+
+evalkit's own demo is one pilot; users bring others. This module makes a pilot from a
+seed the way a council evaluator might: any design the protocol allows, two or three
+arms, 6 to 300 people or 4 to 30 places, rare or absent outcomes, an agency file never
+imported, withdrawals, enrolment spread over months, analysis before any outcome is due,
+part-way and after, and bad input typed along the way. Every command goes through the
+CLI (click's CliRunner, with the clock moved by time-machine) and after each one the
+invariants every user is promised are checked:
+
+- every command exits 0, 1 or 2 and never shows a traceback; exit 1 is one message with
+  a hint;
+- a command that fails writes nothing (the log head and the outcome records are as they
+  were) and the store verifies after every step;
+- every results.json follows its schema and every report renders;
+- no raw identifier reaches any output, and no pseudonym reaches a page;
+- the counts and the primary effect a summary states are those of results.json, with
+  counts under the threshold never shown exactly.
+
+``run_pilot(seed, folder)`` runs one pilot; a failure raises ``PilotFailed`` naming the
+seed and the commands run so far, so it can be replayed alone.
+"""
+
+from __future__ import annotations
+
+import csv
+import html as htmllib
+import json
+import random
+import re
+import traceback
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+from click.testing import CliRunner
+
+from cli import cli
+from evalkit.derivation import add_months
+from evalkit.results import check_results
+from evalkit.store import Store
+from tests.conftest import REPO, travel
+
+TEMPLATES = {
+    "individual": "hackney-keyworker",
+    "place": "hackney-estates",
+    "stepped-wedge": "hackney-front-door",
+}
+BENEFITS = ["ESA", "JSA", "UC"]
+
+
+class PilotFailed(AssertionError):
+    """A broken promise, with what is needed to replay it."""
+
+
+@dataclass
+class Person:
+    raw_id: str
+    values: dict[str, str]
+    eligible: bool
+    day: date
+    arm: str | None = None  # as the CLI printed it
+    enrolled: bool = False
+
+
+@dataclass
+class Run:
+    """One generated pilot being run: its choices, its people and what the CLI did."""
+
+    seed: int
+    folder: Path
+    rnd: random.Random
+    name: str = ""
+    template: str = ""
+    protocol: dict[str, Any] = field(default_factory=dict)
+    registered: date = date(2025, 1, 1)
+    people: list[Person] = field(default_factory=list)
+    places: list[dict[str, str]] = field(default_factory=list)
+    place_arm: dict[str, str] = field(default_factory=dict)
+    log: list[str] = field(default_factory=list)
+    analysed: list[date] = field(default_factory=list)
+    rates: dict[str, dict[str, float]] = field(default_factory=dict)
+    imported: dict[str, date] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ws(self) -> Path:
+        return self.folder / "ws"
+
+    @property
+    def store_url(self) -> str:
+        return f"sqlite:///{self.ws / 'evalkit.db'}"
+
+    # -- running commands --------------------------------------------------------------
+
+    def fail(self, what: str, output: str = "") -> None:
+        shown = "\n".join(self.log[-12:])
+        raise PilotFailed(
+            f"any-pilot seed {self.seed} ({self.template}, {self.design}, "
+            f"{len(self.arms)} arms, {len(self.people)} people): {what}\n"
+            f"reproduce: EVALKIT_FUZZ_SEED={self.seed} EVALKIT_FUZZ_PILOTS=1 "
+            f"python3 -m pytest tests/test_any_pilot.py\n"
+            f"last commands:\n{shown}\noutput:\n{output[-3000:]}"
+        )
+
+    def cli(self, *args: str, at: date, ok: set[int] | int | None = 0) -> Any:
+        """Run `evalkit ARGS` with the clock at noon on ``at``; check the promises every
+        command keeps, and the exit code when ``ok`` says which are right."""
+        full = ["--workspace", str(self.ws), *args]
+        self.log.append(f"[{at}] evalkit {' '.join(args)}")
+        with travel(datetime(at.year, at.month, at.day, 12, tzinfo=UTC)):
+            res = CliRunner().invoke(cli, full, catch_exceptions=True)
+        out = res.output
+        if res.exception is not None and not isinstance(res.exception, SystemExit):
+            tb = "".join(traceback.format_exception(res.exception))
+            self.fail(f"evalkit {' '.join(args)} raised {res.exception!r}", tb)
+        if res.exit_code not in (0, 1, 2):
+            self.fail(f"exit code {res.exit_code}", out)
+        if "Traceback" in out:
+            self.fail("a traceback was printed", out)
+        if res.exit_code == 1 and "hint" not in out and not _verify_failure(args, out):
+            self.fail("exit 1 without a hint", out)
+        for p in self.people:
+            if p.raw_id in out:
+                self.fail(f"a raw identifier ({p.raw_id}) was printed", out)
+        wanted = {ok} if isinstance(ok, int) else ok
+        if wanted is not None and res.exit_code not in wanted:
+            self.fail(f"exit code {res.exit_code}, expected {sorted(wanted)}", out)
+        return res
+
+    def refused(self, *args: str, at: date, needle: str | None = None) -> None:
+        """A command that must fail with exit 1, one message, and write nothing."""
+        before = self.state()
+        res = self.cli(*args, at=at, ok=1)
+        if needle and needle not in res.output:
+            self.fail(f"expected {needle!r} in the message", res.output)
+        if self.state() != before:
+            self.fail(f"evalkit {' '.join(args)} failed but changed the store", res.output)
+
+    def state(self) -> tuple[Any, ...]:
+        """What a failed command must leave as it was: the log head and outcome records."""
+        if not (self.ws / "evalkit.db").exists():
+            return ()
+        store = Store.open(self.store_url)
+        try:
+            record = store.pilot(self.name)
+            if record is None:
+                return ("unregistered",)
+            return (
+                record.log_count,
+                record.log_head,
+                len(store.observations(self.name, every_version=True)),
+                len(store.imports(self.name)),
+            )
+        finally:
+            store.close()
+
+    def verified(self, at: date) -> None:
+        res = self.cli("verify", self.name, "--json", at=at, ok=None)
+        doc = json.loads(res.output)
+        if not doc["ok"]:
+            self.fail("the log does not verify", res.output)
+
+    # -- what the pilot is -------------------------------------------------------------
+
+    @property
+    def design(self) -> str:
+        return self.protocol.get("design", {}).get("method", "?")
+
+    @property
+    def arms(self) -> list[str]:
+        return [a["name"] for a in self.protocol.get("arms", [])]
+
+    @property
+    def place_level(self) -> bool:
+        return self.protocol["unit"]["level"] == "place"
+
+    @property
+    def place_field(self) -> str | None:
+        return self.protocol["unit"].get("place_field")
+
+
+def _verify_failure(args: tuple[str, ...], out: str) -> bool:
+    """`verify` and `check` report a failed check (not a mistake by the user) without a
+    hint; validate lists its problems each with a hint of its own."""
+    return bool(args) and args[0] in {"verify", "check"} and "error:" not in out
+
+
+# --- making a protocol ----------------------------------------------------------------
+
+
+def _template(template: str) -> dict[str, Any]:
+    text = (REPO / "protocols" / f"{TEMPLATES[template]}.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
+def _pick_size(rnd: random.Random, low: int, high: int) -> int:
+    """Mostly small (what pilots are), sometimes up to ``high``."""
+    if rnd.random() < 0.75:
+        return rnd.randint(low, min(high, 40))
+    return rnd.randint(low, high)
+
+
+def make_protocol(r: Run) -> None:
+    rnd = r.rnd
+    r.template = rnd.choices(["individual", "place", "stepped-wedge"], [5, 3, 2])[0]
+    p = _template(r.template)
+    r.name = f"pilot-{r.seed}"
+    p["id"] = r.name
+    p["title"] = f"Generated pilot {r.seed}"
+    p["iteration_of"] = None
+    threshold = rnd.choice([10, 10, 5, 3])
+    p["reporting"]["suppression_threshold"] = threshold
+    p["reporting"]["blinded"] = rnd.random() < 0.15
+    r.registered = date(2024, 1, 1) + timedelta(days=rnd.randint(0, 900))
+    p["start_date"] = r.registered + timedelta(days=rnd.randint(0, 30))
+    arms = p["arms"]
+    three = r.template != "stepped-wedge" and rnd.random() < 0.15
+    if three:
+        arms.append(
+            {
+                "name": "phone_coach",
+                "label": "Phone coaching",
+                "description": "Weekly coaching calls.",
+                "ratio": 1,
+            }
+        )
+    if r.template == "individual":
+        _individual_design(r, p)
+    else:
+        _place_design(r, p)
+    _vary_outcomes(r, p)
+    _vary_analysis(r, p)
+    r.protocol = p
+
+
+def _individual_design(r: Run, p: dict[str, Any]) -> None:
+    rnd = r.rnd
+    if len(p["arms"]) == 2 and rnd.random() < 0.25:
+        p["arms"][1]["ratio"] = 2
+    total = int(sum(a["ratio"] for a in p["arms"]))
+    method = rnd.choice(["simple", "complete", "blocked", "blocked", "minimisation"])
+    categorical = ["benefit", "referral_route"]
+    if method == "blocked":
+        sizes = sorted({total * k for k in rnd.sample([1, 2, 3], rnd.randint(1, 2))})
+        p["design"] = {
+            "method": "blocked",
+            "strata": rnd.sample(categorical, rnd.randint(0, 2)),
+            "block_sizes": sizes,
+        }
+    elif method == "minimisation":
+        k = len(p["arms"])
+        low = (k - 1) / k if k > 2 else 0.5
+        p["design"] = {
+            "method": "minimisation",
+            "factors": [{"field": f} for f in rnd.sample(categorical, rnd.randint(1, 2))],
+            "probability": round(rnd.uniform(max(low, 0.7), 1.0), 2),
+        }
+    else:
+        p["design"] = {"method": method}
+    n = _pick_size(rnd, 6, 300)
+    p["sample_size"]["target_units"] = n
+    p["sample_size"]["recruitment_months"] = rnd.choice([1, 3, 6, 12])
+
+
+def _place_design(r: Run, p: dict[str, Any]) -> None:
+    rnd = r.rnd
+    wedge = r.template == "stepped-wedge"
+    k = _pick_size(rnd, 4, 30) if not wedge else rnd.randint(4, 12)
+    field_name = p["unit"]["place_field"]
+    codes = [f"S{i:02d}" for i in range(1, k + 1)]
+    next(f for f in p["fields"] if f["name"] == field_name)["levels"] = codes
+    p["sample_size"]["target_places"] = k
+    p["unit"]["individuals"]["expected_per_place"] = rnd.randint(2, 20)
+    if wedge:
+        periods = rnd.randint(3, min(5, k + 1))
+        steps = [1] * (periods - 1)
+        for _ in range(k - (periods - 1)):
+            steps[rnd.randrange(periods - 1)] += 1
+        p["design"] = {
+            "method": "stepped_wedge",
+            "periods": periods,
+            "period_months": rnd.choice([1, 2, 3, 4]),
+            "places_per_step": steps,
+        }
+    else:
+        two = len(p["arms"]) == 2
+        methods = ["cluster", "stratified_cluster", "constrained_cluster"]
+        if two:
+            methods.append("matched_pair_cluster")
+        method = rnd.choice(methods)
+        design: dict[str, Any] = {"method": method}
+        if method == "stratified_cluster":
+            design["strata"] = ["deprivation_band"]
+        elif method == "matched_pair_cluster":
+            design["match_on"] = ["imd_score", "claimant_rate"]
+        elif method == "constrained_cluster":
+            design["balance_on"] = ["imd_score", "claimant_rate"]
+            design["keep_fraction"] = rnd.choice([0.1, 0.25, 0.5])
+            design["candidates"] = rnd.choice([100, 500, 2000])
+        p["design"] = design
+    per_place = p["unit"]["individuals"]["expected_per_place"]
+    p["sample_size"]["target_units"] = max(6, k * per_place)
+    p["sample_size"]["recruitment_months"] = rnd.choice([1, 3, 6])
+    r.places = _places(rnd, p, codes)
+
+
+def _places(rnd: random.Random, p: dict[str, Any], codes: list[str]) -> list[dict[str, str]]:
+    field_name = p["unit"]["place_field"]
+    rows = []
+    for code in codes:
+        row = {field_name: code}
+        for f in p["unit"]["place_fields"]:
+            if f["type"] == "number":
+                row[f["name"]] = f"{rnd.uniform(f.get('min', 0), min(f.get('max', 1), 60)):.3f}"
+            elif f["type"] == "integer":
+                row[f["name"]] = str(rnd.randint(int(f.get("min", 1)), 500))
+            else:
+                row[f["name"]] = rnd.choice(f["levels"])
+        rows.append(row)
+    return rows
+
+
+def _vary_outcomes(r: Run, p: dict[str, Any]) -> None:
+    rnd = r.rnd
+    for o in p["outcomes"]:
+        o["window"]["months"] = rnd.choice([3, 6, 12])
+    if r.template == "individual" and rnd.random() < 0.2:  # a continuous primary outcome
+        for o in p["outcomes"]:
+            o["primary"] = o["name"] == "wellbeing"
+        p["sample_size"]["baseline_sd"] = 9
+        p["analysis"]["models"] = [m for m in p["analysis"]["models"] if m["outcome"] != "x"]
+    if r.template == "stepped-wedge":
+        span = p["design"]["periods"] * p["design"]["period_months"]
+        for o in p["outcomes"]:
+            o["window"]["months"] = rnd.choice([1, 2, 3, max(1, span // 2)])
+
+
+def _vary_analysis(r: Run, p: dict[str, Any]) -> None:
+    rnd = r.rnd
+    a = p["analysis"]
+    s = a.setdefault("sensitivity", {})
+    if "randomisation_inference" in s or rnd.random() < 0.5:
+        s["randomisation_inference"] = {
+            "draws": rnd.choice([100, 200, 500]),
+            "statistic": rnd.choice(["estimate", "t"]),
+        }
+    wild = "wild_cluster_bootstrap" in s or rnd.random() < 0.5
+    if r.template != "individual" and wild:
+        s["wild_cluster_bootstrap"] = {"draws": rnd.choice([99, 199, 499])}
+    s["missing_data"] = rnd.choice(["none", "multiple_imputation", "inverse_probability_weighting"])
+    a["multiplicity"] = rnd.choice(["holm", "bonferroni", "hochberg", "fdr_bh", "none"])
+    a["covariates"] = rnd.sample(
+        a.get("covariates", []), rnd.randint(0, len(a.get("covariates", [])))
+    )
+    a["subgroups"] = [g for g in a.get("subgroups", []) if rnd.random() < 0.5]
+    models = []
+    for o in p["outcomes"]:
+        if o["type"] == "binary" and rnd.random() < 0.3:
+            models.append({"outcome": o["name"], "model": "logistic"})
+        elif o["type"] == "count" and rnd.random() < 0.5:
+            models.append(
+                {"outcome": o["name"], "model": rnd.choice(["poisson", "negative_binomial"])}
+            )
+    a["models"] = models
+
+
+# --- people ---------------------------------------------------------------------------
+
+
+def _raw_id(rnd: random.Random, used: set[str]) -> str:
+    while True:
+        raw = f"QZ{rnd.randint(0, 999999):06d}{rnd.choice('ABCD')}"
+        if raw not in used:
+            used.add(raw)
+            return raw
+
+
+def make_people(r: Run) -> None:
+    rnd = r.rnd
+    p = r.protocol
+    n = p["sample_size"]["target_units"]
+    if r.place_level:
+        n = max(6, min(300, n))
+    start = date.fromisoformat(str(p["start_date"]))
+    months = p["sample_size"]["recruitment_months"]
+    if r.design == "stepped_wedge":
+        months = p["design"]["periods"] * p["design"]["period_months"]
+    span = max(1, (add_months(start, int(months)) - start).days - 1)
+    used: set[str] = set()
+    share_ineligible = rnd.choice([0.0, 0.1, 0.3])
+    codes = [pl[r.place_field] for pl in r.places] if r.place_level else []
+    people = []
+    for _ in range(n):
+        eligible = rnd.random() >= share_ineligible
+        values = _values(rnd, p, eligible)
+        if codes:
+            values[r.place_field] = rnd.choice(codes)
+        people.append(
+            Person(
+                _raw_id(rnd, used), values, eligible, start + timedelta(days=rnd.randint(0, span))
+            )
+        )
+    people.sort(key=lambda x: x.day)
+    r.people = people
+
+
+def _values(rnd: random.Random, p: dict[str, Any], eligible: bool) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for f in p["fields"]:
+        name = f["name"]
+        if f["type"] == "category":
+            out[name] = rnd.choice(f["levels"])
+        elif f["type"] == "integer":
+            out[name] = str(rnd.randint(18, 64))
+        elif f["type"] == "boolean":
+            out[name] = "true" if rnd.random() < 0.8 else "false"
+        elif f["type"] == "number":
+            out[name] = f"{rnd.uniform(0, 10):.2f}"
+        else:
+            out[name] = "2025-01-01"
+        if not f.get("required", True) and rnd.random() < 0.3:
+            out[name] = ""
+    out["months_unemployed"] = str(rnd.randint(24, 120))
+    if "mh_condition" in out:
+        out["mh_condition"] = "true"
+    if not eligible:  # fails one of the templates' rules
+        why = rnd.choice(["young", "recent", "old"])
+        if why == "young":
+            out["age"] = str(rnd.randint(16, 17))
+        elif why == "recent":
+            out["months_unemployed"] = str(rnd.randint(0, 23))
+        else:
+            out["age"] = str(rnd.randint(65, 90))
+    return out
+
+
+# --- the cycle ------------------------------------------------------------------------
+
+
+def register(r: Run) -> None:
+    at = r.registered
+    r.cli("init", r.name, "--template", r.template, at=at)
+    path = r.ws / "protocols" / f"{r.name}.yaml"
+    path.write_text(
+        yaml.safe_dump(r.protocol, sort_keys=False, allow_unicode=True), encoding="utf-8"
+    )
+    res = r.cli("validate", r.name, at=at, ok=None)
+    if res.exit_code != 0:
+        r.fail("a generated protocol does not validate", res.output)
+    r.cli("register", r.name, at=at)
+    r.cli("check", r.name, at=at)
+    r.verified(at)
+
+
+def _row(r: Run, person: Person) -> dict[str, str]:
+    return {"id": person.raw_id, **person.values}
+
+
+def _write_csv(path: Path, rows: list[dict[str, str]], header: list[str] = ()) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns: list[str] = list(dict.fromkeys(header))
+    for row in rows:
+        columns += [c for c in row if c not in columns]
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=columns)
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def allocate_places(r: Run) -> None:
+    if not r.place_level:
+        return
+    path = _write_csv(r.folder / "data" / "places.csv", r.places)
+    at = date.fromisoformat(str(r.protocol["start_date"]))
+    res = r.cli("allocate", r.name, str(path), "--json", at=at)
+    for row in json.loads(res.output)["rows"]:
+        r.place_arm[row["unit"]] = row.get("arm") or ""
+    r.verified(at)
+
+
+def enrol_people(r: Run) -> None:
+    """Some one at a time (on the day, or entered a few days late), the rest in lists."""
+    rnd = r.rnd
+    sequential = r.design in {"simple", "blocked", "minimisation"} or r.place_level
+    one_by_one = min(len(r.people), rnd.choice([0, 4, 12])) if sequential else 0
+    for person in r.people[:one_by_one]:
+        late = rnd.choice([0, 0, 0, 3])
+        args = ["enrol", r.name, "--unit-id", person.raw_id, "--date", person.day.isoformat()]
+        for k, v in person.values.items():
+            args += ["--set", f"{k}={v}"]
+        res = r.cli(*args, "--json", at=person.day + timedelta(days=late))
+        doc = json.loads(res.output)
+        person.arm = doc.get("arm")
+        person.enrolled = True
+        _maybe_attack(r, person.day + timedelta(days=late))
+    rest = r.people[one_by_one:]
+    if not rest:
+        return
+    cuts = sorted(rnd.sample(range(1, len(rest)), min(len(rest) - 1, rnd.randint(0, 3))))
+    for part in [rest[a:b] for a, b in zip([0, *cuts], [*cuts, len(rest)], strict=True)]:
+        day = part[-1].day
+        path = _write_csv(
+            r.folder / "data" / f"list-{part[0].raw_id}.csv", [_row(r, x) for x in part]
+        )
+        res = r.cli("allocate", r.name, str(path), "--date", day.isoformat(), "--json", at=day)
+        rows = json.loads(res.output)["rows"]
+        for person, row in zip(part, rows, strict=True):
+            person.arm = row.get("arm")
+            person.enrolled = True
+            person.day = day  # a list is referred on one date
+    r.verified(r.people[-1].day)
+
+
+def events(r: Run) -> None:
+    rnd = r.rnd
+    allocated = [x for x in r.people if x.arm]
+    for person in rnd.sample(allocated, min(len(allocated), rnd.randint(0, 3))):
+        day = person.day + timedelta(days=rnd.randint(1, 60))
+        r.cli(
+            "event",
+            r.name,
+            "--unit-id",
+            person.raw_id,
+            "--type",
+            "withdrawn",
+            "--reason",
+            "moved away",
+            "--date",
+            day.isoformat(),
+            at=day,
+        )
+    control = r.arms[0]
+    for person in allocated:
+        if person.arm not in (None, control) and rnd.random() < 0.5:
+            kind = "started" if rnd.random() < 0.8 else "did_not_start"
+            r.cli(
+                "event",
+                r.name,
+                "--unit-id",
+                person.raw_id,
+                "--type",
+                kind,
+                "--date",
+                person.day.isoformat(),
+                at=person.day + timedelta(days=1),
+            )
+    if rnd.random() < 0.3:
+        day = r.people[0].day
+        r.cli("note", r.name, "--date", day.isoformat(), "Work Programme contract ended", at=day)
+
+
+# --- outcomes -------------------------------------------------------------------------
+
+
+def make_rates(r: Run) -> None:
+    """Chance of each outcome by arm: sometimes rare, sometimes absent in an arm."""
+    rnd = random.Random(f"{r.seed}/rates")
+    out: dict[str, dict[str, float]] = {}
+    for o in r.protocol["outcomes"]:
+        base = rnd.choice([0.0, 0.02, 0.1, 0.3])
+        arms = {a: base for a in r.arms}
+        if rnd.random() < 0.3:
+            arms[rnd.choice(r.arms)] = 0.0
+        elif base and rnd.random() < 0.5:
+            arms[r.arms[-1]] = min(0.9, base * 2)
+        out[o["name"]] = arms
+    r.rates = out
+
+
+def outcome_files(r: Run, as_of: date, never: set[str]) -> dict[str, Path]:
+    """Each agency's file as it stands on ``as_of``: records dated up to then only; some
+    people never answer a survey; outcomes of agencies in ``never`` are not sent at all."""
+    people = [x for x in r.people if x.arm]
+    by_name = {o["name"]: o for o in r.protocol["outcomes"]}
+    out = {}
+    for src in r.protocol.get("imports", []):
+        if src["source"] in never:
+            continue
+        rows: list[dict[str, str]] = []
+        id_col = src.get("id_column", "id")
+        for person in people:
+            for c in src["columns"]:
+                o = by_name[c["outcome"]]
+                for rec in _records(o, c, person, r.rates[o["name"]], as_of):
+                    rows.append({id_col: person.raw_id, **rec})
+        header = [id_col] + [
+            col
+            for c in src["columns"]
+            for col in (c.get("value"), c.get("date"), c.get("start"), c.get("end"))
+            if col
+        ]
+        if rows:  # an extract has its whole header even when some columns are empty
+            path = r.folder / "data" / f"{src['source']}-{as_of}.csv"
+            out[src["source"]] = _write_csv(path, rows, header)
+    return out
+
+
+def _records(
+    o: dict[str, Any],
+    c: dict[str, Any],
+    person: Person,
+    rates: dict[str, float],
+    as_of: date,
+) -> list[dict[str, str]]:
+    """One person's records of one outcome, the same whenever the file is cut (seeded by
+    the person and outcome), keeping only what is dated up to ``as_of``."""
+    months = o["window"]["months"]
+    end = add_months(person.day, months)
+    kind = (o.get("derive") or {}).get("from", "measurement")
+    rate = rates.get(person.arm or "", min(rates.values()))
+    prnd = random.Random(f"{person.raw_id}/{o['name']}")
+    out = []
+    if kind == "spells":
+        if prnd.random() < rate:
+            s = person.day + timedelta(days=prnd.randint(-20, max(1, (end - person.day).days // 2)))
+            e = s + timedelta(weeks=prnd.randint(10, 40))
+            if s <= as_of:
+                row = {c["start"]: s.isoformat()}
+                if c.get("end"):
+                    row[c["end"]] = e.isoformat() if e <= as_of else ""
+                out.append(row)
+    elif kind == "events":
+        count = 0
+        if o["type"] == "count":
+            count = sum(prnd.random() < rate for _ in range(4))
+        elif prnd.random() < rate:
+            count = 1
+        for _ in range(count):
+            d = person.day + timedelta(days=prnd.randint(0, max(0, (end - person.day).days - 1)))
+            if d <= as_of:
+                out.append({c["date"]: d.isoformat()})
+    else:
+        if prnd.random() < 0.25:  # never answers
+            return []
+        tol = int(o["window"].get("tolerance_weeks", 0))
+        d = end + timedelta(days=prnd.randint(-7 * tol, 7 * tol))
+        if d > as_of or d < person.day:
+            return []
+        if o["type"] == "binary":
+            value = "1" if prnd.random() < rate else "0"
+        elif o["type"] == "count":
+            value = str(prnd.randint(0, 3))
+        else:
+            low, high = o.get("min", 0), o.get("max", 100)
+            value = str(round(prnd.uniform(low, high)))
+        out.append({c["value"]: value, c["date"]: d.isoformat()})
+    return out
+
+
+def import_outcomes(r: Run, day: date, never: set[str]) -> None:
+    as_of = day - timedelta(days=r.rnd.randint(0, 7))
+    if as_of < r.people[0].day:
+        return
+    for source, path in outcome_files(r, as_of, never).items():
+        res = r.cli(
+            "outcomes",
+            "import",
+            r.name,
+            str(path),
+            "--source",
+            source,
+            "--as-of",
+            as_of.isoformat(),
+            at=day,
+            ok=None,
+        )
+        if res.exit_code != 0:
+            r.fail(f"a well-formed {source} file was refused", res.output)
+        r.imported[source] = as_of
+    r.verified(day)
+
+
+# --- analysis and reports -------------------------------------------------------------
+
+
+def analyse_and_report(r: Run, day: date) -> None:
+    res = r.cli("analyse", r.name, at=day, ok=None)
+    results_path = r.ws / "analyses" / r.name / "results.json"
+    if res.exit_code != 0:
+        if (
+            len(r.arms) != 2
+            and "3 arms" not in res.output
+            and "not known for anyone" not in res.output
+        ):
+            r.fail("a three-arm pilot was refused without saying why", res.output)
+        return
+    results = json.loads(results_path.read_text(encoding="utf-8"))
+    try:
+        check_results(results)
+    except ValueError as exc:
+        r.fail(f"results.json does not follow its schema: {exc}")
+    r.analysed.append(day)
+    r.cli("report", r.name, at=day)
+    check_pages(r, results)
+
+
+def _text(page: str) -> str:
+    body = re.sub(r"<(script|style)[^>]*>.*?</\1>", " ", page, flags=re.S)
+    return htmllib.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", body)))
+
+
+def _shown_ok(r: Run, what: str, shown: str, exact: int, threshold: int) -> None:
+    shown = shown.strip()
+    if shown == "withheld":
+        return
+    if shown == f"fewer than {threshold}":
+        if not 0 < exact < threshold:
+            r.fail(f"{what}: 'fewer than {threshold}' shown for {exact}")
+        return
+    try:
+        value = int(shown.replace(",", ""))
+    except ValueError:
+        r.fail(f"{what}: unexpected text {shown!r}")
+    if value != exact:
+        r.fail(f"{what}: the summary says {value}, results.json {exact}")
+    if 0 < value < threshold:
+        r.fail(f"{what}: the exact small count {value} is published")
+
+
+def check_pages(r: Run, results: dict[str, Any]) -> None:
+    folder = r.ws / "analyses" / r.name
+    pages = {
+        name: (folder / name).read_text(encoding="utf-8")
+        for name in ("summary.html", "technical.html")
+    }
+    pages["index.html"] = (r.ws / "analyses" / "index.html").read_text(encoding="utf-8")
+    store = Store.open(r.store_url)
+    try:
+        pseudonyms = {
+            e.unit for e in store.log_entries(r.name) if e.level == "participant" and e.unit
+        }
+    finally:
+        store.close()
+    for name, page in pages.items():
+        for token in pseudonyms:
+            if token in page:
+                r.fail(f"a pseudonym reached {name}")
+        for p in r.people:
+            if p.raw_id in page:
+                r.fail(f"a raw identifier reached {name}")
+    threshold = results["protocol"]["reporting"]["suppression_threshold"]
+    text = _text(pages["summary.html"])
+    c = results["consort"]
+    m = re.search(
+        r"Assessed for eligibility: (.+?)\. Not eligible: (.+?)\. Randomised: (.+?)\.", text
+    )
+    if not m:
+        r.fail("the summary does not state the CONSORT totals")
+    for shown, exact, what in zip(
+        m.groups(),
+        (c["assessed"], c["excluded"]["total"], c["randomised"]),
+        ("assessed", "excluded", "randomised"),
+        strict=True,
+    ):
+        _shown_ok(r, what, shown, exact, threshold)
+    primary = results["primary"]
+    e = primary["effect"]
+    if e is not None:
+        expected = _amount(primary, e["estimate"])
+        if expected not in text:
+            r.fail(f"the summary does not state the primary estimate {expected!r} of results.json")
+
+
+def _amount(outcome: dict[str, Any], value: float) -> str:
+    """The primary estimate as the summary must word it (an independent formatting)."""
+    if outcome["type"] == "binary":
+        points = round(value * 100)
+        if points == 0:
+            return "no more and no fewer in every 100 people"
+        return f"{abs(points)} {'more' if points > 0 else 'fewer'} in every 100 people"
+    if outcome["type"] == "count":
+        v = round(value, 2)
+        return "no difference" if v == 0 else f"{abs(v):.2f} {'more' if v > 0 else 'fewer'}"
+    v = round(value, 1)
+    return "no difference" if v == 0 else f"{abs(v):.1f} points {'higher' if v > 0 else 'lower'}"
+
+
+def read_only_commands(r: Run, day: date) -> None:
+    r.cli("status", r.name, at=day)
+    doc = json.loads(r.cli("status", r.name, "--json", at=day).output)
+    if doc["consort"]["randomised"] != sum(1 for x in r.people if x.arm):
+        r.fail("status counts a different number randomised than the CLI allocated")
+    r.cli("followup", r.name, "--json", at=day)
+    for what in ("analysis", "allocations", "outcomes"):
+        r.cli("export", r.name, "--what", what, at=day)
+    out = r.folder / "exports" / f"analysis-{day}.csv"
+    out.parent.mkdir(exist_ok=True)
+    r.cli("export", r.name, "--what", "analysis", "--out", str(out), at=day)
+    r.cli("learn", r.name, at=day, ok={0, 1})
+    r.verified(day)
+
+
+# --- bad input ------------------------------------------------------------------------
+
+
+def _maybe_attack(r: Run, day: date) -> None:
+    """Now and then, type something wrong; it must be refused whole, with a hint."""
+    rnd = r.rnd
+    if rnd.random() > 0.35:
+        return
+    someone = rnd.choice(r.people)
+    base = ["enrol", r.name, "--unit-id", f"ZX{rnd.randint(0, 99999):05d}"]
+    sets: list[str] = []
+    for k, v in someone.values.items():
+        sets += ["--set", f"{k}={v}"]
+    attack = rnd.choice(
+        [
+            "slash-date",
+            "bad-date",
+            "word-date",
+            "future",
+            "before-registration",
+            "missing-field",
+            "unknown-field",
+            "note-date",
+            "event-date",
+            "as-of",
+            "followup-as-of",
+        ]
+    )
+    future = day + timedelta(days=rnd.randint(1, 400))
+    if attack == "slash-date":
+        r.refused(*base, *sets, "--date", day.strftime("%d/%m/%Y"), at=day, needle="YYYY-MM-DD")
+    elif attack == "bad-date":
+        r.refused(*base, *sets, "--date", f"{day.year}-13-45", at=day)
+    elif attack == "word-date":
+        r.refused(*base, *sets, "--date", "yesterday", at=day)
+    elif attack == "future":
+        r.refused(*base, *sets, "--date", future.isoformat(), at=day, needle="future")
+    elif attack == "before-registration":
+        early = r.registered - timedelta(days=rnd.randint(1, 300))
+        r.refused(*base, *sets, "--date", early.isoformat(), at=day, needle="--backdate")
+    elif attack == "missing-field":
+        r.refused(*base, at=day)
+    elif attack == "unknown-field":
+        r.refused(*base, *sets, "--set", "shoe_size=9", at=day)
+    elif attack == "note-date":
+        r.refused("note", r.name, "--date", day.strftime("%-d/%-m/%Y"), "something", at=day)
+    elif attack == "event-date":
+        r.refused(
+            "event",
+            r.name,
+            "--unit-id",
+            someone.raw_id,
+            "--type",
+            "withdrawn",
+            "--date",
+            "yesterday",
+            at=day,
+        )
+    elif attack == "as-of":
+        r.refused("analyse", r.name, "--as-of", day.strftime("%Y/%m/%d"), at=day)
+    else:
+        r.refused("followup", r.name, "--as-of", day.strftime("%d/%m/%Y"), at=day)
+
+
+# --- the whole run --------------------------------------------------------------------
+
+
+def seeded_secrets(seed: int):
+    """Registration draws the pilot's secret from the operating system; here it comes from
+    the seed, so that one seed always gives the same allocations and the same pilot."""
+    import hashlib
+    from unittest import mock
+
+    def token_bytes(n: int) -> bytes:
+        return hashlib.sha256(f"any-pilot secret {seed}".encode()).digest()[:n]
+
+    return mock.patch("evalkit.keys.secrets.token_bytes", token_bytes)
+
+
+def run_pilot(seed: int, folder: Path) -> Run:
+    """Generate pilot ``seed`` and run it start to finish in ``folder``."""
+    with seeded_secrets(seed):
+        return _run_pilot(seed, folder)
+
+
+def _run_pilot(seed: int, folder: Path) -> Run:
+    r = Run(seed, folder, random.Random(seed))
+    make_protocol(r)
+    make_people(r)
+    make_rates(r)
+    r.ws.mkdir(parents=True, exist_ok=True)
+    register(r)
+    allocate_places(r)
+    enrol_people(r)
+    events(r)
+    last = r.people[-1].day
+    windows = [o["window"]["months"] for o in r.protocol["outcomes"]]
+    finished = add_months(last, max(windows)) + timedelta(days=60)
+    never = {s["source"] for s in r.protocol.get("imports", []) if r.rnd.random() < 0.2}
+    first_due = add_months(r.people[0].day, min(windows))
+    moments = sorted(
+        {
+            last + timedelta(days=1),  # before any outcome is due
+            first_due + timedelta(days=r.rnd.randint(0, 120)),  # part-way
+            finished,  # after every window has closed
+        }
+    )
+    for day in moments:
+        import_outcomes(r, day, never)
+        analyse_and_report(r, day)
+        read_only_commands(r, day)
+    return r
