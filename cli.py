@@ -479,6 +479,16 @@ def _entry_json(e) -> dict:
     return {k: v for k, v in e.__dict__.items() if k not in {"baseline", "prev_hash"}}
 
 
+def _differences_line(e, differences, row=None) -> str:
+    """The warning for someone enrolled again with values that differ from the log's."""
+    where = f"row {row}: " if row is not None else ""
+    return (
+        f"warning: {where}the values given differ from those recorded in log entry {e.seq} "
+        "(the existing record stands; nothing was changed): "
+        + "; ".join(str(d) for d in differences)
+    )
+
+
 @cli.command()
 @click.argument("pilot")
 @click.option(
@@ -523,17 +533,21 @@ def enrol(
     p = _pilot(app, pilot)
     out = do_enrol(app.store(), p, unit_id, raw, utc_now(), by or _user(), on or _today(), ref)
     e, existing = (out.existing[0], True) if out.existing else (out.entries[0], False)
+    differences = out.differences.get(e.unit or "", [])
     if as_json:
         _emit(
             {
                 **_entry_json(e),
                 "already_enrolled": existing,
+                "differences": [d.as_dict() for d in differences],
                 "head": out.head[1],
                 "head_entry": out.head[0],
             }
         )
         return
     click.echo(f"{pilot}: " + _entry_line(p, e, existing))
+    if differences:
+        click.echo(_differences_line(e, differences))
     click.echo(_head_line(out.head))
 
 
@@ -577,7 +591,15 @@ def allocate(
         _emit(
             {
                 "rows": [
-                    {"row": row, **_entry_json(e), "already_in_log": x} for row, e, x in res.rows
+                    {
+                        "row": row,
+                        **_entry_json(e),
+                        "already_in_log": x,
+                        "differences": [
+                            d.as_dict() for d in (res.differences.get(e.unit) if x else None) or []
+                        ],
+                    }
+                    for row, e, x in res.rows
                 ],
                 "head": res.head[1],
                 "head_entry": res.head[0],
@@ -592,6 +614,9 @@ def allocate(
     click.echo(f"{pilot}: {len(res.entries)} new entries ({summary})")
     if res.existing:
         click.echo(f"  {len(res.existing)} rows were already in the log and are unchanged")
+    for row, e, existed in res.rows:
+        if existed and res.differences.get(e.unit):
+            click.echo(_differences_line(e, res.differences[e.unit], row))
     if out is not None:
         click.echo(f"wrote {out}")
     click.echo(_head_line(res.head))

@@ -36,6 +36,25 @@ class OutsideLevels(ValueError):
     """A category value that is not one of the field's levels (nor one in another case)."""
 
 
+@dataclass(frozen=True)
+class Difference:
+    """A baseline value given again that differs from the one in the log."""
+
+    field: str
+    recorded: Any
+    given: Any
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"field": self.field, "recorded": self.recorded, "given": self.given}
+
+    def __str__(self) -> str:
+        return f"{self.field}: recorded {_shown(self.recorded)}, given {_shown(self.given)}"
+
+
+def _shown(v: Any) -> str:
+    return "(none)" if v is None else repr(v) if isinstance(v, str) else _text(v)
+
+
 def _blank(raw: Any) -> bool:
     if raw is None:
         return True
@@ -193,6 +212,18 @@ def ineligible_reasons(protocol: Protocol, values: dict[str, Any]) -> list[str]:
         if f.name not in covered:
             reasons.append(f"{f.name} is not one of the allowed values ({', '.join(f.levels)})")
     return reasons
+
+
+def baseline_differences(recorded: dict[str, Any], given: dict[str, Any]) -> list[Difference]:
+    """Each field whose value given now differs from the one recorded in the log, in the
+    order given. Someone enrolled again keeps their allocation (it is never redrawn), but
+    the evaluator should know when the values typed this time disagree with the log. Both
+    sides are typed by the same field definitions, so plain equality compares them."""
+    return [
+        Difference(name, recorded.get(name), value)
+        for name, value in given.items()
+        if recorded.get(name) != value
+    ]
 
 
 def stratum_label(names: list[str], values: dict[str, Any]) -> str:

@@ -149,3 +149,36 @@ def test_allocate_records_rows_outside_the_levels_as_excluded(run, tmp_path):
     assert data[1]["detail"]["reasons"] == ["Not on ESA, JSA or Universal Credit"]
     s = json.loads(run("status", "kw-pilot", "--json").output)
     assert s["consort"]["assessed"] == 6 and s["consort"]["randomised"] == 5
+
+
+def test_re_enrolment_with_different_values_warns_naming_each_difference(run, tmp_path):
+    first = run("enrol", "kw-pilot", "--unit-id", "QQ7", *SET).output
+    arm = first.split(": ", 2)[2].split(" (")[0]
+    again = run("enrol", "kw-pilot", "--unit-id", "qq7", *_with("age", "50")).output
+    assert f": {arm} (" in again and "nothing drawn" in again
+    assert (
+        "warning: the values given differ from those recorded in log entry 1 (the existing "
+        "record stands; nothing was changed): age: recorded 44, given 50" in again
+    )
+    assert "warning" not in run("enrol", "kw-pilot", "--unit-id", "QQ7", *SET).output
+    data = json.loads(
+        run("enrol", "kw-pilot", "--unit-id", "QQ7", *_with("benefit", "JSA"), "--json").output
+    )
+    assert data["arm"] == arm and data["differences"] == [
+        {"field": "benefit", "recorded": "ESA", "given": "JSA"}
+    ]
+    rows = [
+        {"id": "QQ7", "age": "44", "benefit": "UC", "months_unemployed": "30",
+         "referral_route": "GP", "mh_condition": "true"},
+        {"id": "QQ8", "age": "44", "benefit": "UC", "months_unemployed": "30",
+         "referral_route": "GP", "mh_condition": "true"},
+    ]  # fmt: skip
+    src = str(write_csv(tmp_path / "again.csv", rows))
+    res = run("allocate", "kw-pilot", src).output
+    assert "1 new entries" in res
+    assert "warning: row 2: the values given differ from those recorded in log entry 1" in res
+    assert "benefit: recorded 'ESA', given 'UC'" in res and "row 3" not in res
+    rows_json = json.loads(run("allocate", "kw-pilot", src, "--json").output)["rows"]
+    assert rows_json[0]["differences"] == [{"field": "benefit", "recorded": "ESA", "given": "UC"}]
+    assert rows_json[1]["differences"] == []
+    assert json.loads(run("status", "kw-pilot", "--json").output)["log_entries"] == 2

@@ -437,3 +437,40 @@ def test_a_number_outside_the_fields_range_is_still_an_error(store, kw):
     with pytest.raises(UserError, match="age '150' is above the maximum 100"):
         enrol(store, kw, "X6", {**referral(random.Random(2)), "age": "150"}, NOW, "a", ON)
     assert store.log_head("kw-pilot") == (0, None)
+
+
+# --- re-enrolment with different values (issue 11) --------------------------------------
+
+
+def test_baseline_differences_name_each_field_that_differs():
+    from evalkit.baseline import Difference, baseline_differences
+
+    recorded = {"age": 44, "benefit": "ESA", "mh_condition": True, "gender": None}
+    given = {"age": 50, "benefit": "ESA", "mh_condition": False, "gender": None}
+    assert baseline_differences(recorded, given) == [
+        Difference("age", 44, 50),
+        Difference("mh_condition", True, False),
+    ]
+    assert baseline_differences(recorded, dict(recorded)) == []
+    assert baseline_differences({"age": 44}, {"age": 44, "housing": "owner"}) == [
+        Difference("housing", None, "owner")
+    ]
+
+
+def test_re_enrolment_with_different_values_says_which_differ_and_keeps_the_arm(
+    store, kw, tmp_path
+):
+    from evalkit.baseline import Difference
+
+    values = {**referral(random.Random(1)), "age": "44", "benefit": "ESA"}
+    [e] = enrol(store, kw, "R1", values, NOW, "ana", ON).entries
+    again = enrol(store, kw, "r1", {**values, "age": "50", "benefit": "JSA"}, NOW, "bob", ON)
+    assert again.entries == [] and again.existing == [e]
+    assert again.differences == {
+        e.unit: [Difference("age", 44, 50), Difference("benefit", "ESA", "JSA")]
+    }
+    assert enrol(store, kw, "R1", values, NOW, "bob", ON).differences == {}
+    rows = [{"id": "R1", **values, "age": "45"}, {"id": "R2", **values}]
+    out = allocate_file(store, kw, write_csv(tmp_path / "again.csv", rows), NOW, "ana", ON)
+    assert out.differences == {e.unit: [Difference("age", 44, 45)]}
+    assert store.log_head("kw-pilot")[0] == 2
