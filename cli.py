@@ -998,11 +998,17 @@ def outcomes_import(
             f"{pilot}: {file} brings nothing new ({res.unchanged} records already "
             "stored, unchanged); nothing was written"
         )
-        return
-    click.echo(
-        f"{pilot}: imported {file} from {source} as import {res.import_id}: "
-        f"{res.new} new records, {res.corrected} corrections, {res.unchanged} unchanged"
-    )
+    else:
+        click.echo(
+            f"{pilot}: imported {file} from {source} as import {res.import_id}: "
+            f"{res.new} new records, {res.corrected} corrections, {res.unchanged} unchanged"
+        )
+    if res.skipped_not_randomised:
+        n = res.skipped_not_randomised
+        click.echo(
+            f"  skipped {n} row{'s' if n != 1 else ''} of people who were assessed but "
+            "excluded before randomisation (they have no outcomes in the pilot)"
+        )
 
 
 @cli.command()

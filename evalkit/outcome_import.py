@@ -34,6 +34,7 @@ class ImportPlan:
     unchanged: int
     corrected: int
     problems: list[RowProblem]
+    skipped_not_randomised: int = 0  # rows of people assessed but excluded
 
 
 def randomisation_dates(entries: list[Entry]) -> dict[str, date]:
@@ -122,8 +123,14 @@ def plan_import(
     latest: dict[tuple[str, str, str], Observation],
     today: date,
     correct: bool,
+    excluded: set[str] | frozenset[str] = frozenset(),
 ) -> ImportPlan:
-    """Check every row against the protocol, the allocations and what is already stored."""
+    """Check every row against the protocol, the allocations and what is already stored.
+
+    Rows of people in ``excluded`` (assessed but never randomised) are skipped and
+    counted: agencies are often sent everyone referred, and those people have no
+    outcomes in the pilot, so their rows are neither kept nor read. A person in neither
+    the randomised nor the excluded is still a problem: the file may be another pilot's."""
     problems: list[RowProblem] = []
     outcomes = {o.name: o for o in protocol.outcomes}
     for c in mapping.columns:
@@ -164,12 +171,16 @@ def plan_import(
         return ImportPlan([], 0, 0, problems)
 
     seen: dict[tuple[str, str, str], tuple[int, Observation]] = {}
+    skipped = 0
     for row, values in rows:
         raw_id = values.get(mapping.id_column)
         if _blank(raw_id):
             problems.append(RowProblem(row, mapping.id_column, None, "is missing"))
             continue
         unit = pseudonym_of(str(raw_id))
+        if unit not in randomised and unit in excluded:
+            skipped += 1
+            continue
         if unit not in randomised:
             problems.append(
                 RowProblem(
@@ -224,7 +235,7 @@ def plan_import(
                 )
             )
     problems.sort(key=lambda p: -1 if p.row is None else p.row)
-    return ImportPlan(new, unchanged, corrected, problems)
+    return ImportPlan(new, unchanged, corrected, problems, skipped)
 
 
 def _shown(o: Observation) -> str:
@@ -329,6 +340,7 @@ class ImportResult:
     new: int
     corrected: int
     unchanged: int
+    skipped_not_randomised: int = 0  # rows of people assessed but excluded, not kept
 
 
 def import_outcomes(
@@ -354,6 +366,7 @@ def import_outcomes(
     rows = read_table(file)
     digest = hashlib.sha256(file.read_bytes()).hexdigest()
     randomised = _randomised(store, pilot.protocol.id)
+    excluded = store.excluded_units(pilot.protocol.id)
     with store.outcome_tx(pilot.protocol.id) as tx:
         plan = plan_import(
             pilot.protocol,
@@ -364,11 +377,12 @@ def import_outcomes(
             tx.latest(),
             today,
             correct,
+            excluded,
         )
         if plan.problems:
             raise BatchRejected(file, plan.problems, "imported")
         if not plan.new:
-            return ImportResult(None, len(rows), 0, 0, plan.unchanged)
+            return ImportResult(None, len(rows), 0, 0, plan.unchanged, plan.skipped_not_randomised)
         record = ImportRecord(
             pilot.protocol.id,
             source,
@@ -383,7 +397,12 @@ def import_outcomes(
         )
         import_id = tx.add(record, plan.new)
     return ImportResult(
-        import_id, len(rows), len(plan.new) - plan.corrected, plan.corrected, plan.unchanged
+        import_id,
+        len(rows),
+        len(plan.new) - plan.corrected,
+        plan.corrected,
+        plan.unchanged,
+        plan.skipped_not_randomised,
     )
 
 

@@ -452,6 +452,16 @@ class Store:
         with self.read() as conn:
             return {u: json.loads(d).get("on") or c[:10] for u, d, c in conn.execute(q)}
 
+    def excluded_units(self, pilot_id: str) -> set[str]:
+        """The pseudonyms of the people assessed and excluded before randomisation (their
+        exclusion entries), so that an agency file listing them can be told apart from one
+        naming people the pilot never saw."""
+        q = select(log.c.unit).where(
+            log.c.pilot_id == pilot_id, log.c.kind == "exclusion", log.c.level == "participant"
+        )
+        with self.read() as conn:
+            return {u for u in conn.execute(q).scalars() if u}
+
     def count_allocations(self, pilot_id: str, level: str = "participant") -> int:
         with self.read() as conn:
             return LogTx(conn, pilot_id).count(level=level)

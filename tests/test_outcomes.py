@@ -227,3 +227,47 @@ def test_followup_lists_due_and_overdue_surveys(store, kw):
     overdue = followup(kw.protocol, track(store, kw.protocol, later).dataset.rows, later)
     assert {i["state"] for i in overdue} == {"overdue"}
     assert {i["outcome"] for i in overdue} == {"wellbeing", "off_benefit"}
+
+
+# --- agency files met in a first week (issue 11) ----------------------------------------
+
+ENROLLED = "2027-04-02"  # the registration day of tests.pilots.NOW
+LATER = date(2028, 5, 1)  # a year on: the surveys are due
+
+
+@pytest.fixture
+def fresh(store, key_dir, tmp_path):
+    """Six people randomised and one excluded on the pilot's registration day."""
+    pilot = make_pilot(store, KeyRing(key_dir), tmp_path / "ws", "hackney-keyworker", "kw-new")
+    rnd = random.Random(3)
+    for i in range(6):
+        enrol(store, pilot, f"N{i}", referral(rnd), NOW, "ana", ENROLLED)
+    enrol(store, pilot, "EX1", referral(rnd, eligible=False), NOW, "ana", ENROLLED)
+    return pilot
+
+
+def later(store, pilot, path, **kw):
+    return imp(store, pilot, path, "survey", as_of=LATER, today=LATER, **kw)
+
+
+def test_agency_rows_for_people_assessed_but_not_randomised_are_skipped_and_counted(
+    store, fresh, tmp_path
+):
+    from evalkit.allocation import pseudonym
+
+    rows = [
+        {"id": "N1", "wemwbs": "50", "survey_date": "2028-04-01"},
+        {"id": "EX1", "wemwbs": "41", "survey_date": "2028-04-01"},
+        {"id": "N2", "wemwbs": "55", "survey_date": "2028-04-02"},
+        {"id": "ex 1", "wemwbs": "", "survey_date": "not a date"},  # skipped, never read
+    ]
+    res = later(store, fresh, write_csv(tmp_path / "s.csv", rows))
+    assert (res.new, res.skipped_not_randomised, res.rows) == (2, 2, 4)
+    stored = {o.unit for o in store.observations("kw-new")}
+    assert stored == {pseudonym(fresh.secret, "N1"), pseudonym(fresh.secret, "N2")}
+    rows += [{"id": "NOBODY", "wemwbs": "40", "survey_date": "2028-04-01"}]
+    with pytest.raises(BatchRejected) as exc:
+        later(store, fresh, write_csv(tmp_path / "s2.csv", rows))
+    assert [str(p) for p in exc.value.problems] == [
+        "row 6: id is not a randomised person of this pilot (the id is not shown)"
+    ]
