@@ -917,6 +917,19 @@ def status(app: App, pilot: str, as_json: bool) -> None:
     click.echo(f"  log head: entry {s['log_entries']}, sha256 {s['log_head']}")
 
 
+def _date_format_option(ctx: click.Context, param: click.Parameter, value: str | None):
+    """A --date-format that could be read more than one way is a usage error."""
+    if value is None:
+        return None
+    from evalkit.outcome_import import check_date_format
+
+    try:
+        return check_date_format(value)
+    except UserError as exc:
+        message = exc.message.removeprefix("--date-format ")
+        raise click.BadParameter(f"{message} (hint: {exc.hint})") from None
+
+
 @cli.group()
 def outcomes() -> None:
     """Outcome data from the agencies (DWP, council, NHS, provider, survey)."""
@@ -940,6 +953,14 @@ def outcomes() -> None:
     help="Column mapping on top of the protocol's (FIELD: value, date, start, end).",
 )
 @click.option("--as-of", default=None, help="Extract date: data complete up to (default today).")
+@click.option(
+    "--date-format",
+    default=None,
+    metavar="FORMAT",
+    callback=_date_format_option,
+    help="How the file writes its dates, e.g. %d/%m/%Y for UK dates (default YYYY-MM-DD; "
+    "Excel date cells are read as dates).",
+)
 @click.option("--correct", is_flag=True, help="Accept changed values as corrections.")
 @click.option("--reason", default=None, help="Why the values are corrected (with --correct).")
 @click.option("--by", default=None, help="Who imports (default: EVALKIT_USER or login).")
@@ -953,6 +974,7 @@ def outcomes_import(
     id_column: str | None,
     mapping: tuple[str, ...],
     as_of: str | None,
+    date_format: str | None,
     correct: bool,
     reason: str | None,
     by: str | None,
@@ -962,6 +984,8 @@ def outcomes_import(
 
     Importing the same file again changes nothing; a changed value is refused unless
     given with --correct --reason, and then kept as a new version beside the old one.
+    Text dates are read as YYYY-MM-DD, or in the form --date-format gives (%d/%m/%Y for
+    UK dates); the order of day and month is never guessed.
     Example: evalkit outcomes import hackney-keyworker dwp-2028-04.csv --source DWP
     --as-of 2028-04-01
     """
@@ -989,6 +1013,7 @@ def outcomes_import(
         today,
         utc_now(),
         by or _user(),
+        date_format,
     )
     if as_json:
         _emit(res.__dict__)

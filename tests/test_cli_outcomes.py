@@ -208,3 +208,29 @@ def test_import_skips_and_counts_rows_of_people_excluded_before_randomisation(fr
         ok=1,
     ).output
     assert "row 4: id is not a randomised person of this pilot" in refused
+
+
+def test_import_reads_uk_dates_with_date_format_and_suggests_it_otherwise(fresh):
+    rows = [
+        {"id": "NI1", "wemwbs": "50", "survey_date": "01/04/2028"},
+        {"id": "NI2", "wemwbs": "52", "survey_date": "02/04/2028"},
+    ]
+    path = str(write_csv(fresh.tmp / "uk.csv", rows))
+    refused = fresh("outcomes", "import", "kw-pilot", path, "--source", "survey", ok=1).output
+    assert (
+        "row 2: survey_date '01/04/2028' is not a date (write YYYY-MM-DD); if the file "
+        "writes dates day first, import it with --date-format %d/%m/%Y" in refused
+    )
+    out = fresh(
+        "outcomes", "import", "kw-pilot", path, "--source", "survey", "--date-format", "%d/%m/%Y"
+    ).output
+    assert "2 new records" in out
+    export = list(
+        csv.DictReader(io.StringIO(fresh("export", "kw-pilot", "--what", "outcomes").output))
+    )
+    assert sorted(r["on_date"] for r in export) == ["2028-04-01", "2028-04-02"]
+    bad = fresh(
+        "outcomes", "import", "kw-pilot", path, "--source", "survey", "--date-format", "%Y", ok=2
+    ).output
+    assert "Invalid value for '--date-format'" in bad
+    assert "has no day and no month" in bad and "hint: write the form" in bad
