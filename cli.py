@@ -325,19 +325,30 @@ def register(app: App, protocol: str, by: str | None, as_json: bool) -> None:
     """Freeze a protocol: store its canonical form and SHA-256, print a receipt.
 
     Registering identical content again changes nothing and prints the same receipt.
-    The pilot's secret is written to a key file outside the workspace.
+    The pilot's secret is written to a key file outside the workspace; the first
+    registration prints where, to be backed up (the key itself is never printed).
     Example: evalkit register protocols/hackney-keyworker.yaml
     """
     from evalkit.clock import utc_now
     from evalkit.learn import check_link
+    from evalkit.registration import KEY_BACKUP, key_file
     from evalkit.registration import register as do_register
 
     check_link(app.store(), app.protocol_path(protocol))
+    keys = app.keyring()
     receipt, created = do_register(
-        app.store(), app.keyring(), app.protocol_path(protocol), by or _user(), utc_now()
+        app.store(), keys, app.protocol_path(protocol), by or _user(), utc_now()
     )
+    key = key_file(app.store(), keys, receipt.pilot) if created else None
     if as_json:
-        _emit({**receipt.as_dict(), "new": created})
+        _emit(
+            {
+                **receipt.as_dict(),
+                "new": created,
+                "key_file": str(key) if key else None,
+                "key_backup": KEY_BACKUP if key else None,
+            }
+        )
         return
     click.echo(receipt.text())
     if created:
@@ -345,6 +356,8 @@ def register(app: App, protocol: str, by: str | None, as_json: bool) -> None:
             "Registered. Publish or email this receipt so the registration can be "
             "checked independently."
         )
+        click.echo(f"secret key: {key}")
+        click.echo(f"warning: {KEY_BACKUP}")
     else:
         click.echo("Already registered with identical content; nothing changed.")
 

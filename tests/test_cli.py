@@ -157,3 +157,22 @@ def test_a_store_written_by_a_newer_evalkit_is_a_clear_error(tmp_path):
     assert res.exit_code == 1, res.output
     assert "schema revision '0999'" in res.output and "newer version of evalkit" in res.output
     assert "hint: upgrade evalkit" in res.output
+
+
+def test_register_says_where_the_key_went_and_to_back_it_up(run, key_dir):
+    run("init", "kw-pilot")
+    out = run("register", "kw-pilot").output
+    [key] = key_dir.glob("kw-pilot-*.key")
+    assert f"secret key: {key}\n" in out
+    assert "warning: back up this key file now" in out
+    secret = json.loads(key.read_text())["secret"]
+    assert secret not in out
+    again = run("register", "kw-pilot").output
+    assert "Already registered" in again and str(key) not in again
+    run("init", "kw-two")
+    data = json.loads(run("register", "kw-two", "--json").output)
+    [key2] = key_dir.glob("kw-two-*.key")
+    assert data["new"] is True and data["key_file"] == str(key2)
+    assert "back up" in data["key_backup"]
+    assert json.loads(key2.read_text())["secret"] not in json.dumps(data)
+    assert json.loads(run("register", "kw-two", "--json").output)["key_file"] is None
