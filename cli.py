@@ -1157,7 +1157,12 @@ def note(app: App, pilot: str, text: str, on: str | None, by: str | None) -> Non
     show_default=True,
     help="auto: HC2 without clusters, CR2 with them.",
 )
-@click.option("--arms", default=None, help="Control and treated arm names, e.g. usual,keyworker.")
+@click.option(
+    "--arms",
+    default=None,
+    help="Comparison and treated arm names, e.g. usual,keyworker (needed for two named "
+    "arms unless the file comes from 'evalkit export', which marks the comparison).",
+)
 @click.option("--alpha", default=0.05, show_default=True, type=float)
 @click.option("--ri", "ri_draws", default=0, type=int, help="Randomisation inference draws.")
 @click.option(
@@ -1210,6 +1215,14 @@ def estimate(
         return
     level = round(100 * (1 - alpha))
     click.echo(f"{res['note']}")
+    if res["comparison_from"] == "0/1 treatment":
+        treated, control = (f"{treatment} = {res[k]}" for k in ("treated", "compared_with"))
+        click.echo(f"treated: {treated}, compared with {control}")
+    else:
+        click.echo(
+            f"treated: {res['treated']}, compared with {res['compared_with']} "
+            f"(from {res['comparison_from']})"
+        )
     click.echo(
         f"effect of {res['term']} on {outcome}: {res['estimate']:.4g} "
         f"(SE {res['std_error']:.4g}, {res['se_type']}, df {res['df']:.4g}), "
