@@ -325,21 +325,31 @@ def register(app: App, protocol: str, by: str | None, as_json: bool) -> None:
     """Freeze a protocol: store its canonical form and SHA-256, print a receipt.
 
     Registering identical content again changes nothing and prints the same receipt.
-    The pilot's secret is written to a key file outside the workspace.
+    The pilot's secret is written to a key file outside the workspace; the first
+    registration prints where, to be backed up (the key itself is never printed).
     Example: evalkit register protocols/hackney-keyworker.yaml
     """
     from evalkit.clock import utc_now
     from evalkit.learn import check_link
     from evalkit.protocol_file import load_protocol
+    from evalkit.registration import KEY_BACKUP, key_file, start_date_warning
     from evalkit.registration import register as do_register
-    from evalkit.registration import start_date_warning
 
     check_link(app.store(), app.protocol_path(protocol))
+    keys = app.keyring()
     receipt, created = do_register(
-        app.store(), app.keyring(), app.protocol_path(protocol), by or _user(), utc_now()
+        app.store(), keys, app.protocol_path(protocol), by or _user(), utc_now()
     )
+    key = key_file(app.store(), keys, receipt.pilot) if created else None
     if as_json:
-        _emit({**receipt.as_dict(), "new": created})
+        _emit(
+            {
+                **receipt.as_dict(),
+                "new": created,
+                "key_file": str(key) if key else None,
+                "key_backup": KEY_BACKUP if key else None,
+            }
+        )
         return
     click.echo(receipt.text())
     if created:
@@ -347,6 +357,8 @@ def register(app: App, protocol: str, by: str | None, as_json: bool) -> None:
             "Registered. Publish or email this receipt so the registration can be "
             "checked independently."
         )
+        click.echo(f"secret key: {key}")
+        click.echo(f"warning: {KEY_BACKUP}")
         p, _ = load_protocol(app.protocol_path(protocol))
         late = start_date_warning(p, receipt.registered_at)
         if late:
@@ -506,6 +518,16 @@ def _entry_json(e) -> dict:
     return {k: v for k, v in e.__dict__.items() if k not in {"baseline", "prev_hash"}}
 
 
+def _differences_line(e, differences, row=None) -> str:
+    """The warning for someone enrolled again with values that differ from the log's."""
+    where = f"row {row}: " if row is not None else ""
+    return (
+        f"warning: {where}the values given differ from those recorded in log entry {e.seq} "
+        "(the existing record stands; nothing was changed): "
+        + "; ".join(str(d) for d in differences)
+    )
+
+
 @cli.command()
 @click.argument("pilot")
 @click.option(
@@ -567,17 +589,21 @@ def enrol(
     p = _pilot(app, pilot)
     out = do_enrol(app.store(), p, unit_id, raw, utc_now(), by or _user(), day, ref, why)
     e, existing = (out.existing[0], True) if out.existing else (out.entries[0], False)
+    differences = out.differences.get(e.unit or "", [])
     if as_json:
         _emit(
             {
                 **_entry_json(e),
                 "already_enrolled": existing,
+                "differences": [d.as_dict() for d in differences],
                 "head": out.head[1],
                 "head_entry": out.head[0],
             }
         )
         return
     click.echo(f"{pilot}: " + _entry_line(p, e, existing))
+    if differences:
+        click.echo(_differences_line(e, differences))
     click.echo(_head_line(out.head))
 
 
@@ -638,7 +664,15 @@ def allocate(
         _emit(
             {
                 "rows": [
-                    {"row": row, **_entry_json(e), "already_in_log": x} for row, e, x in res.rows
+                    {
+                        "row": row,
+                        **_entry_json(e),
+                        "already_in_log": x,
+                        "differences": [
+                            d.as_dict() for d in (res.differences.get(e.unit) if x else None) or []
+                        ],
+                    }
+                    for row, e, x in res.rows
                 ],
                 "head": res.head[1],
                 "head_entry": res.head[0],
@@ -653,6 +687,9 @@ def allocate(
     click.echo(f"{pilot}: {len(res.entries)} new entries ({summary})")
     if res.existing:
         click.echo(f"  {len(res.existing)} rows were already in the log and are unchanged")
+    for row, e, existed in res.rows:
+        if existed and res.differences.get(e.unit):
+            click.echo(_differences_line(e, res.differences[e.unit], row))
     if out is not None:
         click.echo(f"wrote {out}")
     click.echo(_head_line(res.head))
@@ -965,6 +1002,19 @@ def status(app: App, pilot: str, as_json: bool) -> None:
     click.echo(f"  log head: entry {s['log_entries']}, sha256 {s['log_head']}")
 
 
+def _date_format_option(ctx: click.Context, param: click.Parameter, value: str | None):
+    """A --date-format that could be read more than one way is a usage error."""
+    if value is None:
+        return None
+    from evalkit.outcome_import import check_date_format
+
+    try:
+        return check_date_format(value)
+    except UserError as exc:
+        message = exc.message.removeprefix("--date-format ")
+        raise click.BadParameter(f"{message} (hint: {exc.hint})") from None
+
+
 @cli.group()
 def outcomes() -> None:
     """Outcome data from the agencies (DWP, council, NHS, provider, survey)."""
@@ -993,6 +1043,14 @@ def outcomes() -> None:
     metavar="YYYY-MM-DD",
     help="Extract date: data complete up to (default today).",
 )
+@click.option(
+    "--date-format",
+    default=None,
+    metavar="FORMAT",
+    callback=_date_format_option,
+    help="How the file writes its dates, e.g. %d/%m/%Y for UK dates (default YYYY-MM-DD; "
+    "Excel date cells are read as dates).",
+)
 @click.option("--correct", is_flag=True, help="Accept changed values as corrections.")
 @click.option("--reason", default=None, help="Why the values are corrected (with --correct).")
 @click.option("--by", default=None, help="Who imports (default: EVALKIT_USER or login).")
@@ -1006,6 +1064,7 @@ def outcomes_import(
     id_column: str | None,
     mapping: tuple[str, ...],
     as_of: str | None,
+    date_format: str | None,
     correct: bool,
     reason: str | None,
     by: str | None,
@@ -1015,6 +1074,8 @@ def outcomes_import(
 
     Importing the same file again changes nothing; a changed value is refused unless
     given with --correct --reason, and then kept as a new version beside the old one.
+    Text dates are read as YYYY-MM-DD, or in the form --date-format gives (%d/%m/%Y for
+    UK dates); the order of day and month is never guessed.
     Example: evalkit outcomes import hackney-keyworker dwp-2028-04.csv --source DWP
     --as-of 2028-04-01
     """
@@ -1039,6 +1100,7 @@ def outcomes_import(
         today,
         utc_now(),
         by or _user(),
+        date_format,
     )
     if as_json:
         _emit(res.__dict__)
@@ -1048,12 +1110,18 @@ def outcomes_import(
             f"{pilot}: {file} brings nothing new ({res.unchanged} records already "
             "stored, unchanged); nothing was written"
         )
-        return
-    click.echo(
-        f"{pilot}: imported {file} from {source} as import {res.import_id}: "
-        f"{res.new} new records, {res.corrected} corrections, {res.unchanged} unchanged"
-        + (f", {res.ended} spells that were open have ended" if res.ended else "")
-    )
+    else:
+        click.echo(
+            f"{pilot}: imported {file} from {source} as import {res.import_id}: "
+            f"{res.new} new records, {res.corrected} corrections, {res.unchanged} unchanged"
+            + (f", {res.ended} spells that were open have ended" if res.ended else "")
+        )
+    if res.skipped_not_randomised:
+        n = res.skipped_not_randomised
+        click.echo(
+            f"  skipped {n} row{'s' if n != 1 else ''} of people who were assessed but "
+            "excluded before randomisation (they have no outcomes in the pilot)"
+        )
 
 
 @cli.command()
@@ -1167,7 +1235,12 @@ def note(app: App, pilot: str, text: str, on: str | None, by: str | None) -> Non
     show_default=True,
     help="auto: HC2 without clusters, CR2 with them.",
 )
-@click.option("--arms", default=None, help="Control and treated arm names, e.g. usual,keyworker.")
+@click.option(
+    "--arms",
+    default=None,
+    help="Comparison and treated arm names, e.g. usual,keyworker (needed for two named "
+    "arms unless the file comes from 'evalkit export', which marks the comparison).",
+)
 @click.option("--alpha", default=0.05, show_default=True, type=float)
 @click.option("--ri", "ri_draws", default=0, type=int, help="Randomisation inference draws.")
 @click.option(
@@ -1220,6 +1293,14 @@ def estimate(
         return
     level = round(100 * (1 - alpha))
     click.echo(f"{res['note']}")
+    if res["comparison_from"] == "0/1 treatment":
+        treated, control = (f"{treatment} = {res[k]}" for k in ("treated", "compared_with"))
+        click.echo(f"treated: {treated}, compared with {control}")
+    else:
+        click.echo(
+            f"treated: {res['treated']}, compared with {res['compared_with']} "
+            f"(from {res['comparison_from']})"
+        )
     click.echo(
         f"effect of {res['term']} on {outcome}: {res['estimate']:.4g} "
         f"(SE {res['std_error']:.4g}, {res['se_type']}, df {res['df']:.4g}), "

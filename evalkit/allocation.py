@@ -199,7 +199,9 @@ def check_referrals(
     """Check every row before anything is drawn; pseudonymise identifiers on the way.
 
     ``rows`` are (row number, raw identifier, raw values). Problems from every row are
-    returned together; raw identifiers go no further than this function."""
+    returned together; raw identifiers go no further than this function. A category
+    value outside its field's levels is not a problem: the referral carries it and the
+    reason it is excluded (:func:`evalkit.baseline.ineligible_reasons`)."""
     out, problems = [], []
     seen: dict[str, int | None] = {}
     needed = _needed_fields(protocol)
@@ -216,7 +218,7 @@ def check_referrals(
             )
             continue
         seen[unit] = row
-        values, value_problems = parse_values(protocol.fields, raw)
+        values, value_problems = parse_values(protocol.fields, raw, keep_outside_levels=True)
         problems += [RowProblem(row, vp.field, vp.value, vp.message) for vp in value_problems]
         for name in needed:
             if values.get(name) is None and not any(vp.field == name for vp in value_problems):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from evalkit import allocation as AL
+from evalkit.baseline import Difference, baseline_differences
 from evalkit.dates import check_randomisation_date, date_problems, entry_on, user_date
 from evalkit.errors import BatchRejected, UserError
 from evalkit.keys import KeyRing, commitment
@@ -90,6 +91,20 @@ class Written:
     existing: list[Entry] = field(default_factory=list)  # units already in the log
     head: tuple[int, str | None] = (0, None)
     rows: list[tuple[int | None, Entry, bool]] = field(default_factory=list)  # file order
+    # for units already in the log: each baseline value given now that differs from the
+    # recorded one, by pseudonym (the allocation stands; the caller warns)
+    differences: dict[str, list[Difference]] = field(default_factory=dict)
+
+
+def _differences(existing: list[Entry], refs: list[AL.Referral]) -> dict[str, list[Difference]]:
+    recorded = {e.unit: e.baseline for e in existing}
+    out = {}
+    for r in refs:
+        if r.unit in recorded:
+            diffs = baseline_differences(recorded[r.unit], r.values)
+            if diffs:
+                out[r.unit] = diffs
+    return out
 
 
 def _check_ref(pilot: Pilot, ref: str | None) -> None:
@@ -111,9 +126,10 @@ def enrol(
     ref: str | None = None,
     backdate: str | None = None,
 ) -> Written:
-    """One referral: its existing record if already enrolled, else an exclusion (with the
-    rules' reasons) or an allocation, written with the head moved in one transaction.
-    ``backdate`` is the reason for a referral dated before registration."""
+    """One referral: its existing record if already enrolled (with the values that differ
+    from those recorded), else an exclusion (with the rules' reasons) or an allocation,
+    written with the head moved in one transaction. ``backdate`` is the reason for a
+    referral dated before registration."""
     _check_ref(pilot, ref)
     on = checked_date(pilot, on, now, backdate)
     refs, problems = AL.check_referrals(
@@ -129,7 +145,7 @@ def enrol(
     with store.log_tx(pilot.protocol.id) as tx:
         existing = tx.unit("participant", refs[0].unit)
         if existing is not None:
-            return Written([], [existing], tx.head())
+            return Written([], [existing], tx.head(), differences=_differences([existing], refs))
         entry = AL.exclusion(ctx, refs[0]) if refs[0].reasons else AL.decide(ctx, tx, refs[0])
         entries = with_backdate(pilot, AL.with_refs([entry], refs), backdate)
         sealed = chain(entries, pilot.protocol.id, pilot.registration_hash, tx.head())
@@ -247,7 +263,7 @@ def allocate_file(
     new = {e.unit: e for e in sealed}
     old = {e.unit: e for e in existing}
     rows = [(r.row, new.get(r.unit) or old[r.unit], r.unit not in new) for r in refs]
-    return Written(sealed, existing, head, rows)
+    return Written(sealed, existing, head, rows, _differences(existing, refs))
 
 
 def write_results(path: Path, written: Written) -> None:

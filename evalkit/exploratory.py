@@ -15,6 +15,44 @@ from evalkit.estimators import design_matrix, estimate_effect
 from evalkit.inference import complete_within_blocks, randomisation_test, wild_cluster_bootstrap
 
 NOTE = "exploratory: not a registered analysis"
+COMPARISON_COLUMN = "comparison_arm"  # written by `export --what analysis` (unblinded)
+
+
+def comparison(
+    data: pd.DataFrame, treatment: str, arms: Sequence[str] | None
+) -> tuple[list[str] | None, str]:
+    """The arms to compare (comparison first) and where that order comes from.
+
+    The order decides the sign of the effect, so it is never taken from the alphabet:
+    from ``arms`` when given; else from the file's comparison_arm column (written by
+    ``evalkit export``) when it names one of the treatment's two levels; a 0/1 or
+    true/false treatment needs none. Any other two-level treatment is refused."""
+    if arms is not None:
+        return list(arms), "--arms"
+    if treatment not in data.columns:
+        return None, ""  # the estimator names the missing column
+    s = data[treatment].dropna()
+    if pd.api.types.is_bool_dtype(s.dtype) or (
+        pd.api.types.is_numeric_dtype(s.dtype) and set(pd.unique(s)) <= {0, 1}
+    ):
+        return None, "0/1 treatment"
+    levels = sorted({str(v) for v in s})
+    if len(levels) != 2:
+        return None, ""  # the estimator says why one or three arms cannot be compared
+    if COMPARISON_COLUMN in data.columns:
+        marked = {str(v) for v in data[COMPARISON_COLUMN].dropna()}
+        if len(marked) == 1 and marked <= set(levels):
+            first = marked.pop()
+            return [first, *(x for x in levels if x != first)], (
+                f"the file's {COMPARISON_COLUMN} column"
+            )
+    a, b = levels
+    raise UserError(
+        f"--treatment {treatment} has two arms, {a} and {b}, and the file does not say "
+        "which is the comparison",
+        f"give --arms COMPARISON,TREATED, e.g. --arms {b},{a} or --arms {a},{b} "
+        "(a file from 'evalkit export --what analysis' says it itself)",
+    )
 
 
 def read_data(path: Path) -> pd.DataFrame:
@@ -47,12 +85,22 @@ def estimate(
 ) -> dict[str, Any]:
     """The effect with its registered-style inference, plus randomisation inference
     (complete randomisation within blocks, at cluster level) and the wild cluster
-    bootstrap when asked for."""
+    bootstrap when asked for. It says which arm is treated and which is the comparison
+    (see :func:`comparison`)."""
+    arms, source = comparison(data, treatment, arms)
     try:
         eff = estimate_effect(
             data, outcome, treatment, list(covariates), cluster, blocks, se, alpha, arms
         )
-        out: dict[str, Any] = {**eff.as_dict(), "alpha": alpha, "note": NOTE, "exploratory": True}
+        out: dict[str, Any] = {
+            **eff.as_dict(),
+            "treated": eff.treated if eff.treated is not None else "1",
+            "compared_with": eff.control if eff.control is not None else "0",
+            "comparison_from": source,
+            "alpha": alpha,
+            "note": NOTE,
+            "exploratory": True,
+        }
         if not (ri_draws or wcb_draws):
             return out
         d = design_matrix(data, outcome, treatment, list(covariates), cluster, blocks, arms)

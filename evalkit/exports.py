@@ -9,6 +9,7 @@ from datetime import date
 from pathlib import Path
 
 from evalkit.errors import UserError
+from evalkit.exploratory import COMPARISON_COLUMN
 from evalkit.keys import KeyRing
 from evalkit.registration import require_registered
 from evalkit.status import is_blinded, neutral_labels
@@ -39,7 +40,14 @@ def export_table(
         labels = neutral_labels([a.name for a in rp.protocol.arms], secret)
     if what == "analysis":
         data = track(store, rp.protocol, today, labels).dataset
-        return _csv(data.columns, data.rows)
+        if labels:  # blinded: saying which neutral label is the comparison would unblind
+            return _csv(data.columns, data.rows)
+        # the protocol's first arm is the comparison; `evalkit estimate` reads this column
+        # so that an effect from the export has the registered direction
+        first = rp.protocol.arms[0].name
+        return _csv(
+            [*data.columns, COMPARISON_COLUMN], [{**r, COMPARISON_COLUMN: first} for r in data.rows]
+        )
     if what == "allocations":
         cols = [
             "seq",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, replace
 from datetime import date, datetime
 from pathlib import Path
@@ -28,6 +29,13 @@ from evalkit.store import ImportRecord, Observation, Store
 TRUE = {"1", "true", "yes", "y"}
 FALSE = {"0", "false", "no", "n"}
 
+# --date-format: the strptime directives a date may be written with, by what they give
+_PARTS = {"d": "day", "m": "month", "b": "month", "B": "month", "Y": "year"}
+_TIME = {"H", "M", "S"}  # a time after the date is read and ignored
+_EXAMPLE = datetime(2026, 11, 24)
+_ISO = re.compile(r"\d{4}-\d{2}-\d{2}")
+_DAY_FIRST = re.compile(r"\d{1,2}([/.-])\d{1,2}\1\d{4}")
+
 
 @dataclass(frozen=True)
 class ImportPlan:
@@ -35,6 +43,7 @@ class ImportPlan:
     unchanged: int
     corrected: int
     problems: list[RowProblem]
+    skipped_not_randomised: int = 0  # rows of people assessed but excluded
     ended: int = 0  # spells open in an earlier extract that have ended since
 
 
@@ -84,15 +93,69 @@ def _blank(v: Any) -> bool:
     )
 
 
-def _date(v: Any) -> date:
+def check_date_format(fmt: str) -> str:
+    """A ``--date-format`` that reads each date one way only: a day (%d), a month (%m,
+    %b or %B) and a four-digit year (%Y), each once, optionally followed by a time
+    (%H, %M, %S) that is ignored. Anything else would leave part of the date to be
+    guessed (a two-digit year's century, a missing month), so it is refused."""
+    hint = (
+        "write the form the file's dates are in, e.g. --date-format %d/%m/%Y for "
+        "24/11/2026 (day, month and four-digit year)"
+    )
+    found: dict[str, int] = {"day": 0, "month": 0, "year": 0}
+    for code in re.findall(r"%(.?)", fmt.replace("%%", "")):
+        if code == "y":
+            raise UserError(
+                f"--date-format {fmt!r} has a two-digit year (%y): the century would be guessed",
+                hint,
+            )
+        if code in _PARTS:
+            found[_PARTS[code]] += 1
+        elif code not in _TIME:
+            raise UserError(
+                f"--date-format {fmt!r}: %{code} is not a directive evalkit reads in a date "
+                "(it reads %d, %m, %b, %B, %Y, and %H, %M, %S for a time)",
+                hint,
+            )
+    twice = [part for part, n in found.items() if n > 1]
+    if twice:
+        raise UserError(f"--date-format {fmt!r} gives the {twice[0]} twice", hint)
+    missing = [f"no {part}" for part, n in found.items() if n == 0]
+    if missing:
+        words = missing[0] if len(missing) == 1 else ", ".join(missing[:-1]) + " and " + missing[-1]
+        raise UserError(f"--date-format {fmt!r} has {words}", hint)
+    return fmt
+
+
+def _date(v: Any, fmt: str | None = None) -> date:
+    """A date cell: Excel's own dates as they are; text in the form ``fmt`` (a checked
+    --date-format) or, without one, YYYY-MM-DD only. The order of day and month is never
+    guessed: a cell that looks like 24/11/2026 gets a hint to give the format."""
     if isinstance(v, datetime):
         return v.date()
     if isinstance(v, date):
         return v
+    text = str(v).strip()
+    if fmt is not None:
+        try:
+            return datetime.strptime(text, fmt).date()
+        except ValueError:
+            raise ValueError(
+                f"is not a date in the form {fmt} (e.g. {_EXAMPLE.strftime(fmt)})"
+            ) from None
     try:
-        return date.fromisoformat(str(v).strip())
+        if _ISO.fullmatch(text):
+            return date.fromisoformat(text)
     except ValueError:
-        raise ValueError("is not a date (write YYYY-MM-DD)") from None
+        pass
+    message = "is not a date (write YYYY-MM-DD)"
+    day_first = _DAY_FIRST.fullmatch(text)
+    if day_first:
+        sep = day_first.group(1)
+        message += (
+            f"; if the file writes dates day first, import it with --date-format %d{sep}%m{sep}%Y"
+        )
+    raise ValueError(message)
 
 
 def _value(o: Outcome, v: Any) -> float:
@@ -124,8 +187,17 @@ def plan_import(
     latest: dict[tuple[str, str, str], Observation],
     today: date,
     correct: bool,
+    excluded: set[str] | frozenset[str] = frozenset(),
+    date_format: str | None = None,
 ) -> ImportPlan:
-    """Check every row against the protocol, the allocations and what is already stored."""
+    """Check every row against the protocol, the allocations and what is already stored.
+
+    Rows of people in ``excluded`` (assessed but never randomised) are skipped and
+    counted: agencies are often sent everyone referred, and those people have no
+    outcomes in the pilot, so their rows are neither kept nor read. A person in neither
+    the randomised nor the excluded is still a problem: the file may be another pilot's.
+    Every date cell is read with ``date_format`` (see :func:`check_date_format`), else as
+    YYYY-MM-DD."""
     problems: list[RowProblem] = []
     outcomes = {o.name: o for o in protocol.outcomes}
     for c in mapping.columns:
@@ -166,12 +238,16 @@ def plan_import(
         return ImportPlan([], 0, 0, problems)
 
     seen: dict[tuple[str, str, str], tuple[int, Observation]] = {}
+    skipped = 0
     for row, values in rows:
         raw_id = values.get(mapping.id_column)
         if _blank(raw_id):
             problems.append(RowProblem(row, mapping.id_column, None, "is missing"))
             continue
         unit = pseudonym_of(str(raw_id))
+        if unit not in randomised and unit in excluded:
+            skipped += 1
+            continue
         if unit not in randomised:
             problems.append(
                 RowProblem(
@@ -185,7 +261,7 @@ def plan_import(
         start = randomised[unit]
         for c in mapping.columns:
             o = outcomes[c.outcome]
-            obs = _record(protocol.id, unit, o, c, values, row, start, today, problems)
+            obs = _record(protocol.id, unit, o, c, values, row, start, today, problems, date_format)
             if obs is None:
                 continue
             key = (unit, o.name, obs.obs_key)
@@ -229,7 +305,7 @@ def plan_import(
                 )
             )
     problems.sort(key=lambda p: -1 if p.row is None else p.row)
-    return ImportPlan(new, unchanged, corrected, problems, ended)
+    return ImportPlan(new, unchanged, corrected, problems, skipped, ended)
 
 
 def _spell_ended(old: Observation, new: Observation) -> bool:
@@ -272,12 +348,13 @@ def _record(
     randomised: date,
     today: date,
     problems: list[RowProblem],
+    date_format: str | None = None,
 ) -> Observation | None:
     """The record one row gives for one outcome (None when the row has none for it)."""
     kind = o.derive.source_kind
 
     def dated(column: str, earliest: date | None) -> date:
-        d = _cell(values, column, row, _date, problems)
+        d = _cell(values, column, row, lambda v: _date(v, date_format), problems)
         if d > today:
             problems.append(RowProblem(row, column, d.isoformat(), "is in the future"))
             raise _Bad
@@ -346,6 +423,7 @@ class ImportResult:
     new: int
     corrected: int
     unchanged: int
+    skipped_not_randomised: int = 0  # rows of people assessed but excluded, not kept
     ended: int = 0  # spells open in an earlier extract that have ended since
 
 
@@ -362,8 +440,12 @@ def import_outcomes(
     today: date,
     now: str,
     by: str,
+    date_format: str | None = None,
 ) -> ImportResult:
-    """Import one agency file into the pilot: all rows or none."""
+    """Import one agency file into the pilot: all rows or none. ``date_format`` is the
+    strptime form of the file's text dates (e.g. %d/%m/%Y); without it, YYYY-MM-DD."""
+    if date_format is not None:
+        check_date_format(date_format)
     if correct and not (reason and reason.strip()):
         raise UserError("a correction needs a reason", 'give --reason "what was wrong"')
     if as_of > today:
@@ -372,6 +454,7 @@ def import_outcomes(
     rows = read_table(file)
     digest = hashlib.sha256(file.read_bytes()).hexdigest()
     randomised = _randomised(store, pilot.protocol.id)
+    excluded = store.excluded_units(pilot.protocol.id)
     with store.outcome_tx(pilot.protocol.id) as tx:
         plan = plan_import(
             pilot.protocol,
@@ -382,11 +465,13 @@ def import_outcomes(
             tx.latest(),
             today,
             correct,
+            excluded,
+            date_format,
         )
         if plan.problems:
             raise BatchRejected(file, plan.problems, "imported")
         if not plan.new:
-            return ImportResult(None, len(rows), 0, 0, plan.unchanged)
+            return ImportResult(None, len(rows), 0, 0, plan.unchanged, plan.skipped_not_randomised)
         record = ImportRecord(
             pilot.protocol.id,
             source,
@@ -406,6 +491,7 @@ def import_outcomes(
         len(plan.new) - plan.corrected - plan.ended,
         plan.corrected,
         plan.unchanged,
+        plan.skipped_not_randomised,
         plan.ended,
     )
 

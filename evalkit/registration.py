@@ -211,6 +211,22 @@ def start_date_warning(protocol: Protocol, registered_at: str) -> str | None:
     )
 
 
+KEY_BACKUP = (
+    "back up this key file now, somewhere safe and private (not in the workspace): "
+    "without it nobody can enrol, import outcomes or replay the allocation, and it "
+    "cannot be made again"
+)
+
+
+def key_file(store: Store, keys: KeyRing, pilot_id: str) -> Path:
+    """Where this machine keeps the pilot's secret key: what `register` tells the user to
+    back up (the path, never the key)."""
+    record = store.pilot(pilot_id)
+    if record is None:
+        raise UserError(f"pilot {pilot_id!r} is not registered")
+    return keys.path(record.id, record.uid)
+
+
 def _existing_receipt(store: Store, pilot: PilotRecord, pid: str, data: Any, h: str) -> Receipt:
     versions = store.versions(pid)
     s = standing(pid, versions, data)

@@ -305,6 +305,27 @@ def _sqlite_engine(url: str) -> Engine:
     return engine
 
 
+def known_revisions() -> set[str]:
+    """Every schema revision this evalkit's migrations know."""
+    from alembic.script import ScriptDirectory
+
+    return {r.revision for r in ScriptDirectory(str(MIGRATIONS)).walk_revisions()}
+
+
+def _require_known(revision: str | None, where: str) -> None:
+    """A store stamped with a revision these migrations do not know was written by a
+    newer evalkit: refuse it whole (Alembic would fail half-way with a traceback, and an
+    older evalkit must not write to a schema it does not understand)."""
+    if revision is not None and revision not in known_revisions():
+        raise UserError(
+            f"the store at {where} has schema revision {revision!r}, which this evalkit "
+            f"does not know (it knows up to {HEAD_REVISION!r}): it was written by a newer "
+            "version of evalkit",
+            "upgrade evalkit on this machine to the version that wrote the store (in a "
+            "clone: git pull, then python3 -m pip install -e .); nothing in it was changed",
+        )
+
+
 class Store:
     """Small interface over the database; callers never see SQL."""
 
@@ -324,9 +345,16 @@ class Store:
                 f"cannot read store URL {url!r}",
                 "use sqlite:///path/evalkit.db or postgresql://user@host/db",
             ) from None
+        where = parsed.render_as_string()  # the password, if any, as ***
         if parsed.get_backend_name() == "sqlite":
             if parsed.database and parsed.database != ":memory:":
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+                folder = Path(parsed.database).parent
+                if not folder.is_dir():  # a typo in the URL must not make a new, empty store
+                    raise UserError(
+                        f"cannot open the store {where}: the folder {folder} does not exist",
+                        "check the --store URL (sqlite:///relative/path.db or "
+                        "sqlite:////absolute/path.db), or create the folder first",
+                    )
             engine = _sqlite_engine(url)
         elif parsed.get_backend_name() == "postgresql":
             engine = create_engine(url, pool_pre_ping=True)
@@ -337,14 +365,16 @@ class Store:
             )
         store = cls(engine)
         try:
-            store._upgrade()
+            store._upgrade(where)
         except OperationalError as exc:
             engine.dispose()
             raise UserError(
-                f"cannot open the store at {parsed.render_as_string()}: "
-                f"{str(exc.orig).strip().splitlines()[0]}",
+                f"cannot open the store at {where}: {str(exc.orig).strip().splitlines()[0]}",
                 "check the URL and that the database server is running",
             ) from None
+        except UserError:
+            engine.dispose()
+            raise
         return store
 
     def close(self) -> None:
@@ -355,13 +385,15 @@ class Store:
             return None
         return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
 
-    def _upgrade(self) -> None:
+    def _upgrade(self, where: str) -> None:
         with self.engine.connect() as conn:
             if self._revision(conn) == HEAD_REVISION:
                 return
         with self.write() as conn:
-            if self._revision(conn) == HEAD_REVISION:  # another process upgraded meanwhile
+            revision = self._revision(conn)
+            if revision == HEAD_REVISION:  # another process upgraded meanwhile
                 return
+            _require_known(revision, where)
             from alembic import command
             from alembic.config import Config
 
@@ -451,6 +483,16 @@ class Store:
         )
         with self.read() as conn:
             return {u: (json.loads(d).get("on"), c) for u, d, c in conn.execute(q)}
+
+    def excluded_units(self, pilot_id: str) -> set[str]:
+        """The pseudonyms of the people assessed and excluded before randomisation (their
+        exclusion entries), so that an agency file listing them can be told apart from one
+        naming people the pilot never saw."""
+        q = select(log.c.unit).where(
+            log.c.pilot_id == pilot_id, log.c.kind == "exclusion", log.c.level == "participant"
+        )
+        with self.read() as conn:
+            return {u for u in conn.execute(q).scalars() if u}
 
     def count_allocations(self, pilot_id: str, level: str = "participant") -> int:
         with self.read() as conn:

@@ -129,3 +129,50 @@ def test_console_script_runs_without_traceback(tmp_path):
     )
     assert res.returncode == 1
     assert "Traceback" not in res.stderr and "no such file" in res.stderr
+
+
+def test_a_store_url_in_a_missing_folder_is_an_error_and_creates_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ws").mkdir()
+    res = CliRunner().invoke(
+        cli, ["--workspace", "ws", "--store", "sqlite:///nope/x.db", "history", "x"]
+    )
+    assert res.exit_code == 1, res.output
+    assert res.output.startswith("error: cannot open the store sqlite:///nope/x.db: the folder")
+    assert "hint:" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "nope").exists()
+
+
+def test_a_store_written_by_a_newer_evalkit_is_a_clear_error(tmp_path):
+    from sqlalchemy import text
+
+    from evalkit.store import Store
+
+    url = f"sqlite:///{tmp_path / 'evalkit.db'}"
+    store = Store.open(url)
+    with store.write() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0999'"))
+    store.close()
+    res = CliRunner().invoke(cli, ["--workspace", str(tmp_path), "history", "x"])
+    assert res.exit_code == 1, res.output
+    assert "schema revision '0999'" in res.output and "newer version of evalkit" in res.output
+    assert "hint: upgrade evalkit" in res.output
+
+
+def test_register_says_where_the_key_went_and_to_back_it_up(run, key_dir):
+    run("init", "kw-pilot")
+    out = run("register", "kw-pilot").output
+    [key] = key_dir.glob("kw-pilot-*.key")
+    assert f"secret key: {key}\n" in out
+    assert "warning: back up this key file now" in out
+    secret = json.loads(key.read_text())["secret"]
+    assert secret not in out
+    again = run("register", "kw-pilot").output
+    assert "Already registered" in again and str(key) not in again
+    run("init", "kw-two")
+    data = json.loads(run("register", "kw-two", "--json").output)
+    [key2] = key_dir.glob("kw-two-*.key")
+    assert data["new"] is True and data["key_file"] == str(key2)
+    assert "back up" in data["key_backup"]
+    assert json.loads(key2.read_text())["secret"] not in json.dumps(data)
+    assert json.loads(run("register", "kw-two", "--json").output)["key_file"] is None

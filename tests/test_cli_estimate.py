@@ -4,6 +4,7 @@ randomisation inference and the wild bootstrap on request, clear errors."""
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 from click.testing import CliRunner
@@ -97,3 +98,98 @@ def test_errors_are_one_message():
         "99",
         ok=1,
     )
+
+
+# --- which arm is the comparison (issue 11) ---------------------------------------------
+
+
+def _on(cli_in, day):
+    import time_machine
+
+    def _run(*args: str, ok: int = 0):
+        with time_machine.travel(day, tick=False):
+            return cli_in(*args, ok=ok)
+
+    return _run
+
+
+def _pilot_with_wellbeing(cli_in, blinded: bool = False):
+    """A pilot enrolled on 2 April 2027 whose key-worker arm scores 5 points higher on
+    wellbeing a year later; returns its analysis export as the user writes it."""
+    import csv as csv_
+    from datetime import UTC, datetime
+
+    from tests.pilots import referral, write_csv
+
+    start = _on(cli_in, datetime(2027, 4, 2, 10, tzinfo=UTC))
+    later = _on(cli_in, datetime(2028, 5, 1, 10, tzinfo=UTC))
+    start("init", "kw-pilot")
+    if blinded:
+        path = cli_in.ws / "protocols" / "kw-pilot.yaml"
+        path.write_text(path.read_text().replace("blinded: false", "blinded: true"))
+    start("register", "kw-pilot")
+    rnd = random.Random(11)
+    rows = [{"id": f"NI{i}", **referral(rnd)} for i in range(24)]
+    res = start("allocate", "kw-pilot", str(write_csv(cli_in.tmp / "l.csv", rows)), "--json")
+    arms = {r["row"]: r["arm"] for r in json.loads(res.output)["rows"]}
+    survey = [
+        {
+            "id": f"NI{i}",
+            "wemwbs": str(45 + 5 * (arms[i + 2] == "keyworker") + i % 3),
+            "survey_date": "2028-04-02",
+        }
+        for i in range(24)
+    ]
+    later("outcomes", "import", "kw-pilot", str(write_csv(cli_in.tmp / "s.csv", survey)),
+          "--source", "survey")  # fmt: skip
+    out = cli_in.tmp / "analysis.csv"
+    later("export", "kw-pilot", "--what", "analysis", "--out", str(out))
+    with out.open() as fh:
+        return out, list(csv_.DictReader(fh))
+
+
+def test_estimate_on_an_export_uses_the_pilots_comparison_arm(cli_in):
+    path, rows = _pilot_with_wellbeing(cli_in)
+    assert {r["comparison_arm"] for r in rows} == {"usual"}
+    assert {r["arm"] for r in rows} == {"usual", "keyworker"}  # "keyworker" sorts first
+    args = ["estimate", str(path), "--outcome", "wellbeing", "--treatment", "arm"]
+    data = json.loads(run(*args, "--json"))
+    assert data["treated"] == "keyworker" and data["compared_with"] == "usual"
+    assert data["comparison_from"] == "the file's comparison_arm column"
+    assert data["estimate"] == pytest.approx(5.0, abs=0.8)
+    text = run(*args)
+    assert "treated: keyworker, compared with usual (from the file's comparison_arm column)" in text
+
+
+def test_a_blinded_export_does_not_say_which_arm_is_the_comparison(cli_in):
+    _, rows = _pilot_with_wellbeing(cli_in, blinded=True)
+    assert "comparison_arm" not in rows[0]
+    assert {r["arm"] for r in rows} == {"Arm A", "Arm B"}
+
+
+def test_two_named_arms_without_arms_are_refused_naming_both(tmp_path):
+    import pandas as pd
+
+    rows = [{"arm": "usual", "y": 1.0 + i % 2} for i in range(6)]
+    rows += [{"arm": "keyworker", "y": 2.0 + i % 2} for i in range(6)]
+    path = tmp_path / "mine.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    args = ["estimate", str(path), "--outcome", "y", "--treatment", "arm"]
+    refused = run(*args, ok=1)
+    assert refused.startswith(
+        "error: --treatment arm has two arms, keyworker and usual, and the file does not "
+        "say which is the comparison"
+    )
+    assert "hint: give --arms COMPARISON,TREATED, e.g. --arms usual,keyworker" in refused
+    data = json.loads(run(*args, "--arms", "usual,keyworker", "--json"))
+    assert (data["treated"], data["compared_with"]) == ("keyworker", "usual")
+    assert data["comparison_from"] == "--arms" and data["estimate"] == pytest.approx(1.0)
+    assert "treated: keyworker, compared with usual (from --arms)" in run(
+        *args, "--arms", "usual,keyworker"
+    )
+
+
+def test_a_zero_one_treatment_says_which_value_is_treated():
+    data = json.loads(run(*BASE, "--json"))
+    assert (data["treated"], data["compared_with"]) == ("1", "0")
+    assert "treated: arm = 1, compared with arm = 0" in run(*BASE)

@@ -152,3 +152,85 @@ def test_refs_need_the_protocols_permission(run, tmp_path):
         "mh_condition=true",
     )
     assert res.exit_code == 0
+
+
+# --- agency files met in a first week (issue 11) ----------------------------------------
+
+
+@pytest.fixture
+def fresh(cli_in):
+    """A pilot registered and enrolled on 2 April 2027 (five randomised, one excluded),
+    with each command run on the day a user would run it."""
+    from datetime import UTC, datetime
+
+    import time_machine
+
+    def on(day: datetime):
+        def _run(*args: str, ok: int = 0):
+            with time_machine.travel(day, tick=False):
+                return cli_in(*args, ok=ok)
+
+        return _run
+
+    start = on(datetime(2027, 4, 2, 10, tzinfo=UTC))
+    start("init", "kw-pilot")
+    start("register", "kw-pilot")
+    rnd = random.Random(4)
+    rows = [{"id": f"NI{i}", **referral(rnd, eligible=i != 5)} for i in range(6)]
+    start("allocate", "kw-pilot", str(write_csv(cli_in.tmp / "list.csv", rows)))
+    later = on(datetime(2028, 5, 1, 10, tzinfo=UTC))
+    later.tmp = cli_in.tmp
+    return later
+
+
+def test_import_skips_and_counts_rows_of_people_excluded_before_randomisation(fresh):
+    rows = [
+        {"id": "NI1", "wemwbs": "50", "survey_date": "2028-04-01"},
+        {"id": "NI5", "wemwbs": "41", "survey_date": "2028-04-01"},
+    ]
+    path = str(write_csv(fresh.tmp / "survey.csv", rows))
+    out = fresh("outcomes", "import", "kw-pilot", path, "--source", "survey").output
+    assert "1 new records, 0 corrections, 0 unchanged" in out
+    assert "skipped 1 row of people who were assessed but excluded before randomisation" in out
+    assert "NI5" not in out and "NI1" not in out
+    again = json.loads(
+        fresh("outcomes", "import", "kw-pilot", path, "--source", "survey", "--json").output
+    )
+    assert again["import_id"] is None and again["skipped_not_randomised"] == 1
+    rows.append({"id": "NOBODY", "wemwbs": "40", "survey_date": "2028-04-01"})
+    refused = fresh(
+        "outcomes",
+        "import",
+        "kw-pilot",
+        str(write_csv(fresh.tmp / "s2.csv", rows)),
+        "--source",
+        "survey",
+        ok=1,
+    ).output
+    assert "row 4: id is not a randomised person of this pilot" in refused
+
+
+def test_import_reads_uk_dates_with_date_format_and_suggests_it_otherwise(fresh):
+    rows = [
+        {"id": "NI1", "wemwbs": "50", "survey_date": "01/04/2028"},
+        {"id": "NI2", "wemwbs": "52", "survey_date": "02/04/2028"},
+    ]
+    path = str(write_csv(fresh.tmp / "uk.csv", rows))
+    refused = fresh("outcomes", "import", "kw-pilot", path, "--source", "survey", ok=1).output
+    assert (
+        "row 2: survey_date '01/04/2028' is not a date (write YYYY-MM-DD); if the file "
+        "writes dates day first, import it with --date-format %d/%m/%Y" in refused
+    )
+    out = fresh(
+        "outcomes", "import", "kw-pilot", path, "--source", "survey", "--date-format", "%d/%m/%Y"
+    ).output
+    assert "2 new records" in out
+    export = list(
+        csv.DictReader(io.StringIO(fresh("export", "kw-pilot", "--what", "outcomes").output))
+    )
+    assert sorted(r["on_date"] for r in export) == ["2028-04-01", "2028-04-02"]
+    bad = fresh(
+        "outcomes", "import", "kw-pilot", path, "--source", "survey", "--date-format", "%Y", ok=2
+    ).output
+    assert "Invalid value for '--date-format'" in bad
+    assert "has no day and no month" in bad and "hint: write the form" in bad

@@ -57,8 +57,8 @@ def test_ineligible_referral_is_excluded_with_reason_and_no_arm(store, kw):
 
 
 def test_bad_values_allocate_nothing(store, kw):
-    with pytest.raises(UserError, match="benefit 'IB' is not one of the allowed values"):
-        enrol(store, kw, "X2", {**referral(random.Random(2)), "benefit": "IB"}, NOW, "a", ON)
+    with pytest.raises(UserError, match="benefit 'esa' is not one of the allowed values"):
+        enrol(store, kw, "X2", {**referral(random.Random(2)), "benefit": "esa"}, NOW, "a", ON)
     assert store.log_head("kw-pilot") == (0, None)
 
 
@@ -76,7 +76,7 @@ def test_raw_identifiers_are_never_stored(store, kw):
 def test_batch_with_bad_rows_allocates_nothing_and_names_every_row(store, kw, tmp_path):
     rnd = random.Random(5)
     rows = [{"id": f"B{i}", **referral(rnd)} for i in range(30)]
-    rows[3]["benefit"] = "IB"
+    rows[3]["benefit"] = "Esa"
     rows[7]["age"] = "forty"
     rows[11]["mh_condition"] = ""
     rows[12]["id"] = "B0"
@@ -86,7 +86,7 @@ def test_batch_with_bad_rows_allocates_nothing_and_names_every_row(store, kw, tm
         allocate_file(store, kw, path, NOW, "ana", ON)
     found = [str(p) for p in exc.value.problems]
     assert found == [
-        "row 5: benefit 'IB' is not one of the allowed values (ESA, JSA, UC)",
+        "row 5: benefit 'Esa' is not one of the allowed values (ESA, JSA, UC): did you mean 'ESA'?",
         "row 9: age 'forty' is not a whole number",
         "row 13: mh_condition is required but missing",
         "row 14: id repeats the id of row 2 (ids are not shown)",
@@ -370,3 +370,107 @@ def test_status_counts(filled, keys, kw, tmp_path):
     assert sum(s["allocated"]["participant"].values()) == 8
     assert s["log_entries"] == 8 and s["log_head"] == filled.log_head("kw-pilot")[1]
     assert json.dumps(s)
+
+
+# --- values outside a field's levels (issue 11) ----------------------------------------
+
+
+def _kw_status(store, keys, tmp_path):
+    return pilot_status(store, keys, tmp_path / "ws" / "protocols" / "kw-pilot.yaml", "kw-pilot")
+
+
+def test_a_benefit_outside_the_levels_is_excluded_with_the_rules_reason(store, keys, kw, tmp_path):
+    values = {**referral(random.Random(2)), "benefit": "PIP"}
+    [e] = enrol(store, kw, "X3", values, NOW, "ana", ON).entries
+    assert e.kind == "exclusion" and e.arm is None
+    assert e.detail["reasons"] == ["Not on ESA, JSA or Universal Credit"]
+    assert e.baseline["benefit"] == "PIP"
+    consort = _kw_status(store, keys, tmp_path)["consort"]
+    assert consort["assessed"] == 1 and consort["randomised"] == 0
+    assert consort["excluded"] == {
+        "total": 1,
+        "reasons": {"Not on ESA, JSA or Universal Credit": 1},
+    }
+
+
+def test_a_value_outside_the_levels_with_no_rule_is_excluded_naming_the_field(store, kw):
+    values = {**referral(random.Random(2)), "referral_route": "postman"}
+    [e] = enrol(store, kw, "X4", values, NOW, "ana", ON).entries
+    assert e.kind == "exclusion"
+    assert e.detail["reasons"] == [
+        "referral_route is not one of the allowed values (JCP, GP, IAPT, self, VCS)"
+    ]
+
+
+def test_a_level_in_the_wrong_letter_case_is_refused_with_did_you_mean(store, kw, tmp_path):
+    with pytest.raises(UserError, match=r"benefit 'uc' .*did you mean 'UC'\?"):
+        enrol(store, kw, "X5", {**referral(random.Random(2)), "benefit": "uc"}, NOW, "a", ON)
+    rnd = random.Random(9)
+    rows = [{"id": f"L{i}", **referral(rnd)} for i in range(4)]
+    rows[1]["referral_route"] = "gp"
+    with pytest.raises(BatchRejected) as exc:
+        allocate_file(store, kw, write_csv(tmp_path / "case.csv", rows), NOW, "ana", ON)
+    assert [str(p) for p in exc.value.problems] == [
+        "row 3: referral_route 'gp' is not one of the allowed values "
+        "(JCP, GP, IAPT, self, VCS): did you mean 'GP'?"
+    ]
+    assert store.log_head("kw-pilot") == (0, None)
+
+
+def test_a_list_with_values_outside_the_levels_allocates_the_rest_and_replays(
+    store, keys, kw, tmp_path
+):
+    rnd = random.Random(10)
+    rows = [{"id": f"M{i}", **referral(rnd)} for i in range(12)]
+    rows[2]["benefit"] = "PIP"
+    rows[5]["benefit"] = "IB"
+    out = allocate_file(store, kw, write_csv(tmp_path / "pip.csv", rows), NOW, "ana", ON)
+    kinds = [e.kind for _, e, _ in out.rows]
+    assert kinds.count("exclusion") == 2 and kinds[2] == kinds[5] == "exclusion"
+    assert all(e.arm for _, e, _ in out.rows if e.kind == "allocation")
+    assert verify(store, "kw-pilot", kw.secret).ok
+    consort = _kw_status(store, keys, tmp_path)["consort"]
+    assert (consort["assessed"], consort["randomised"]) == (12, 10)
+
+
+def test_a_number_outside_the_fields_range_is_still_an_error(store, kw):
+    with pytest.raises(UserError, match="age '150' is above the maximum 100"):
+        enrol(store, kw, "X6", {**referral(random.Random(2)), "age": "150"}, NOW, "a", ON)
+    assert store.log_head("kw-pilot") == (0, None)
+
+
+# --- re-enrolment with different values (issue 11) --------------------------------------
+
+
+def test_baseline_differences_name_each_field_that_differs():
+    from evalkit.baseline import Difference, baseline_differences
+
+    recorded = {"age": 44, "benefit": "ESA", "mh_condition": True, "gender": None}
+    given = {"age": 50, "benefit": "ESA", "mh_condition": False, "gender": None}
+    assert baseline_differences(recorded, given) == [
+        Difference("age", 44, 50),
+        Difference("mh_condition", True, False),
+    ]
+    assert baseline_differences(recorded, dict(recorded)) == []
+    assert baseline_differences({"age": 44}, {"age": 44, "housing": "owner"}) == [
+        Difference("housing", None, "owner")
+    ]
+
+
+def test_re_enrolment_with_different_values_says_which_differ_and_keeps_the_arm(
+    store, kw, tmp_path
+):
+    from evalkit.baseline import Difference
+
+    values = {**referral(random.Random(1)), "age": "44", "benefit": "ESA"}
+    [e] = enrol(store, kw, "R1", values, NOW, "ana", ON).entries
+    again = enrol(store, kw, "r1", {**values, "age": "50", "benefit": "JSA"}, NOW, "bob", ON)
+    assert again.entries == [] and again.existing == [e]
+    assert again.differences == {
+        e.unit: [Difference("age", 44, 50), Difference("benefit", "ESA", "JSA")]
+    }
+    assert enrol(store, kw, "R1", values, NOW, "bob", ON).differences == {}
+    rows = [{"id": "R1", **values, "age": "45"}, {"id": "R2", **values}]
+    out = allocate_file(store, kw, write_csv(tmp_path / "again.csv", rows), NOW, "ana", ON)
+    assert out.differences == {e.unit: [Difference("age", 44, 45)]}
+    assert store.log_head("kw-pilot")[0] == 2

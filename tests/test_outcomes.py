@@ -227,3 +227,106 @@ def test_followup_lists_due_and_overdue_surveys(store, kw):
     overdue = followup(kw.protocol, track(store, kw.protocol, later).dataset.rows, later)
     assert {i["state"] for i in overdue} == {"overdue"}
     assert {i["outcome"] for i in overdue} == {"wellbeing", "off_benefit"}
+
+
+# --- agency files met in a first week (issue 11) ----------------------------------------
+
+ENROLLED = "2027-04-02"  # the registration day of tests.pilots.NOW
+LATER = date(2028, 5, 1)  # a year on: the surveys are due
+
+
+@pytest.fixture
+def fresh(store, key_dir, tmp_path):
+    """Six people randomised and one excluded on the pilot's registration day."""
+    pilot = make_pilot(store, KeyRing(key_dir), tmp_path / "ws", "hackney-keyworker", "kw-new")
+    rnd = random.Random(3)
+    for i in range(6):
+        enrol(store, pilot, f"N{i}", referral(rnd), NOW, "ana", ENROLLED)
+    enrol(store, pilot, "EX1", referral(rnd, eligible=False), NOW, "ana", ENROLLED)
+    return pilot
+
+
+def later(store, pilot, path, **kw):
+    return imp(store, pilot, path, "survey", as_of=LATER, today=LATER, **kw)
+
+
+def test_agency_rows_for_people_assessed_but_not_randomised_are_skipped_and_counted(
+    store, fresh, tmp_path
+):
+    from evalkit.allocation import pseudonym
+
+    rows = [
+        {"id": "N1", "wemwbs": "50", "survey_date": "2028-04-01"},
+        {"id": "EX1", "wemwbs": "41", "survey_date": "2028-04-01"},
+        {"id": "N2", "wemwbs": "55", "survey_date": "2028-04-02"},
+        {"id": "ex 1", "wemwbs": "", "survey_date": "not a date"},  # skipped, never read
+    ]
+    res = later(store, fresh, write_csv(tmp_path / "s.csv", rows))
+    assert (res.new, res.skipped_not_randomised, res.rows) == (2, 2, 4)
+    stored = {o.unit for o in store.observations("kw-new")}
+    assert stored == {pseudonym(fresh.secret, "N1"), pseudonym(fresh.secret, "N2")}
+    rows += [{"id": "NOBODY", "wemwbs": "40", "survey_date": "2028-04-01"}]
+    with pytest.raises(BatchRejected) as exc:
+        later(store, fresh, write_csv(tmp_path / "s2.csv", rows))
+    assert [str(p) for p in exc.value.problems] == [
+        "row 6: id is not a randomised person of this pilot (the id is not shown)"
+    ]
+
+
+def test_uk_dates_are_read_with_the_date_format_given(store, fresh, tmp_path):
+    rows = [
+        {"id": "N1", "wemwbs": "50", "survey_date": "01/04/2028"},
+        {"id": "N2", "wemwbs": "55", "survey_date": "2/4/2028"},
+    ]
+    res = later(store, fresh, write_csv(tmp_path / "uk.csv", rows), date_format="%d/%m/%Y")
+    assert res.new == 2
+    assert sorted(o.on_date for o in store.observations("kw-new")) == ["2028-04-01", "2028-04-02"]
+
+
+def test_a_date_not_in_the_given_format_is_a_row_problem_naming_the_format(store, fresh, tmp_path):
+    rows = [
+        {"id": "N1", "wemwbs": "50", "survey_date": "2028-04-01"},
+        {"id": "N2", "wemwbs": "55", "survey_date": "13/13/2028"},
+    ]
+    with pytest.raises(BatchRejected) as exc:
+        later(store, fresh, write_csv(tmp_path / "mixed.csv", rows), date_format="%d/%m/%Y")
+    assert [str(p) for p in exc.value.problems] == [
+        "row 2: survey_date '2028-04-01' is not a date in the form %d/%m/%Y (e.g. 24/11/2026)",
+        "row 3: survey_date '13/13/2028' is not a date in the form %d/%m/%Y (e.g. 24/11/2026)",
+    ]
+
+
+def test_without_a_date_format_a_day_month_year_date_suggests_the_option(store, fresh, tmp_path):
+    rows = [{"id": "N1", "wemwbs": "50", "survey_date": "01/04/2028"}]
+    with pytest.raises(BatchRejected) as exc:
+        later(store, fresh, write_csv(tmp_path / "uk.csv", rows))
+    assert [str(p) for p in exc.value.problems] == [
+        "row 2: survey_date '01/04/2028' is not a date (write YYYY-MM-DD); if the file "
+        "writes dates day first, import it with --date-format %d/%m/%Y"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("fmt", "message"),
+    [
+        ("%Y", "has no day and no month"),
+        ("%d/%m", "has no year"),
+        ("%d/%m/%y", "two-digit year"),
+        ("%d/%d/%Y", "gives the day twice"),
+        ("%d/%m/%Y %Z", "%Z is not"),
+        ("24/11/2026", "has no day, no month and no year"),
+    ],
+)
+def test_a_date_format_that_would_guess_is_refused(fmt, message):
+    from evalkit.outcome_import import check_date_format
+
+    with pytest.raises(UserError, match=message) as exc:
+        check_date_format(fmt)
+    assert "%d/%m/%Y" in exc.value.hint
+
+
+@pytest.mark.parametrize("fmt", ["%d/%m/%Y", "%m/%d/%Y", "%Y-%m-%d", "%d %B %Y", "%d.%m.%Y %H:%M"])
+def test_date_formats_with_day_month_and_year_are_accepted(fmt):
+    from evalkit.outcome_import import check_date_format
+
+    assert check_date_format(fmt) == fmt

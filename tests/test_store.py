@@ -91,3 +91,31 @@ def test_url_normalisation():
     assert normalise_url("postgres://u@h/db") == "postgresql+psycopg://u@h/db"
     assert normalise_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
     assert normalise_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_a_sqlite_store_in_a_folder_that_does_not_exist_is_refused(tmp_path):
+    from evalkit.errors import UserError
+
+    with pytest.raises(UserError, match=r"the folder .*nope does not exist") as exc:
+        Store.open(f"sqlite:///{tmp_path / 'nope' / 'x.db'}")
+    assert not (tmp_path / "nope").exists()
+    assert "create the folder" in exc.value.hint
+
+
+def test_a_store_with_a_newer_schema_is_a_clear_error(store_url):
+    from evalkit.errors import UserError
+
+    s = Store.open(store_url)
+    with s.write() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0999'"))
+    s.close()
+    with pytest.raises(UserError, match="schema revision '0999'") as exc:
+        Store.open(store_url)
+    assert "newer version of evalkit" in exc.value.message
+    assert "upgrade evalkit" in exc.value.hint
+    from sqlalchemy import create_engine
+
+    engine = create_engine(normalise_url(store_url))
+    with engine.connect() as conn:  # the store is left as it was
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0999"
+    engine.dispose()
