@@ -1,13 +1,19 @@
-"""Pseudonymised CSV exports of a pilot's tables (never a raw identifier)."""
+"""Pseudonymised CSV exports of a pilot's tables (never a raw identifier).
+
+The allocation log is exported as an enroller may see it (see :mod:`evalkit.concealment`)
+until the pilot records its unblinding; the restricted export keeps every detail."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import Any
 
+from evalkit.concealment import concealed, enroller_view, relabel_detail
 from evalkit.errors import UserError
 from evalkit.keys import KeyRing
 from evalkit.registration import require_registered
@@ -16,18 +22,67 @@ from evalkit.store import Store
 from evalkit.tracking import track
 
 
-def _csv(columns: list[str], rows: list[dict]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: "" if r.get(k) is None else r.get(k) for k in columns})
-    return buf.getvalue()
+@dataclass(frozen=True)
+class Table:
+    """An exported table: its name (a workbook's sheet), its columns in order and one
+    dict per row."""
+
+    name: str
+    columns: list[str]
+    rows: list[dict[str, Any]]
+
+    def cells(self) -> list[list[Any]]:
+        """Each row's values in column order (None for an empty cell)."""
+        return [[r.get(c) for c in self.columns] for r in self.rows]
+
+
+LOG_COLUMNS = [
+    "seq",
+    "kind",
+    "level",
+    "unit",
+    "stratum",
+    "place",
+    "arm",
+    "probabilities",
+    "detail",
+    "protocol_number",
+    "created_at",
+    "created_by",
+    "entry_hash",
+]
+OUTCOME_COLUMNS = [
+    "unit",
+    "outcome",
+    "kind",
+    "obs_key",
+    "value",
+    "start_date",
+    "end_date",
+    "on_date",
+    "version",
+    "import_id",
+]
 
 
 def export_table(
-    store: Store, keys: KeyRing, path: Path, pilot: str, what: str, today: date
-) -> str:
+    store: Store,
+    keys: KeyRing,
+    path: Path,
+    pilot: str,
+    what: str,
+    today: date,
+    restricted: bool = False,
+) -> Table:
+    """One of a pilot's tables: the analysis data set, the allocation log or the outcome
+    records. ``restricted`` (the allocation log only) keeps the detail that could predict
+    a later allocation; without it that detail is left out until unblinding is recorded.
+    Arms stay under neutral labels while a blinded pilot is not unblinded, in both."""
+    if restricted and what != "allocations":
+        raise UserError(
+            f"--restricted applies to --what allocations, not --what {what}",
+            f"the {what} export holds no allocation detail to restrict",
+        )
     rp = require_registered(store, path, pilot, exploratory=True)
     record = rp.pilot
     if record is None:
@@ -39,42 +94,32 @@ def export_table(
         labels = neutral_labels([a.name for a in rp.protocol.arms], secret)
     if what == "analysis":
         data = track(store, rp.protocol, today, labels).dataset
-        return _csv(data.columns, data.rows)
+        return Table(what, list(data.columns), data.rows)
     if what == "allocations":
-        cols = [
-            "seq",
-            "kind",
-            "level",
-            "unit",
-            "stratum",
-            "place",
-            "arm",
-            "probabilities",
-            "detail",
-            "protocol_number",
-            "created_at",
-            "created_by",
-            "entry_hash",
-        ]
+        hide = not restricted and concealed(entries)
         rows = []
         for e in entries:
+            if hide:
+                e = enroller_view(e, rp.protocol)
             row = dict(e.__dict__)
             row["arm"] = labels.get(e.arm or "", e.arm)
             probs = e.probabilities or {}
             row["probabilities"] = json.dumps({labels.get(k, k): v for k, v in probs.items()})
-            row["detail"] = json.dumps(e.detail, sort_keys=True)
+            row["detail"] = json.dumps(relabel_detail(e.detail, labels), sort_keys=True)
             rows.append(row)
-        return _csv(cols, rows)
-    cols = [
-        "unit",
-        "outcome",
-        "kind",
-        "obs_key",
-        "value",
-        "start_date",
-        "end_date",
-        "on_date",
-        "version",
-        "import_id",
-    ]
-    return _csv(cols, [o.__dict__ for o in store.observations(pilot, every_version=True)])
+        return Table(what, list(LOG_COLUMNS), rows)
+    observations = store.observations(pilot, every_version=True)
+    return Table(what, list(OUTCOME_COLUMNS), [o.__dict__ for o in observations])
+
+
+# --- writing ---------------------------------------------------------------------------
+
+
+def to_csv(table: Table) -> str:
+    """The table as CSV text (an empty cell for a missing value)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(table.columns)
+    for values in table.cells():
+        w.writerow(["" if v is None else v for v in values])
+    return buf.getvalue()
