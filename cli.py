@@ -993,7 +993,11 @@ def outcomes_import(
     show_default=True,
     help="Which table.",
 )
-@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="CSV file to write.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="File to write: .csv, .xlsx or .parquet (needs pyarrow); default: CSV on screen.",
+)
 @click.option(
     "--restricted",
     is_flag=True,
@@ -1003,16 +1007,17 @@ def outcomes_import(
 )
 @pass_app
 def export(app: App, pilot: str, what: str, out: Path | None, restricted: bool) -> None:
-    """Write a pseudonymised table as CSV: the analysis data set (one row per randomised
-    person), the allocation log, or every outcome record with its versions.
+    """Write a pseudonymised table: the analysis data set (one row per randomised
+    person), the allocation log, or every outcome record with its versions. CSV on the
+    screen; with --out, the format the file's extension names (.csv, .xlsx, .parquet).
 
     Until unblinding is recorded the allocation log leaves out what could predict a
     later allocation (block sizes, positions, minimisation totals); --restricted keeps it.
-    Example: evalkit export hackney-keyworker --what analysis --out analysis.csv
+    Example: evalkit export hackney-keyworker --what analysis --out analysis.xlsx
     """
     from datetime import date
 
-    from evalkit.exports import export_table, to_csv
+    from evalkit.exports import export_table, to_csv, write_table
 
     table = export_table(
         app.store(),
@@ -1023,7 +1028,11 @@ def export(app: App, pilot: str, what: str, out: Path | None, restricted: bool) 
         date.fromisoformat(_today()),
         restricted,
     )
-    _write_or_print(to_csv(table), out)
+    if out is None:
+        click.echo(to_csv(table), nl=False)
+        return
+    write_table(table, out)
+    click.echo(f"wrote {out}")
 
 
 @cli.command()

@@ -1,4 +1,5 @@
-"""Pseudonymised CSV exports of a pilot's tables (never a raw identifier).
+"""Pseudonymised exports of a pilot's tables (never a raw identifier), written as the
+file's extension says: CSV, an Excel workbook, or Parquet (with pyarrow installed).
 
 The allocation log is exported as an enroller may see it (see :mod:`evalkit.concealment`)
 until the pilot records its unblinding; the restricted export keeps every detail."""
@@ -6,8 +7,12 @@ until the pilot records its unblinding; the restricted export keeps every detail
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
+import os
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -123,3 +128,84 @@ def to_csv(table: Table) -> str:
     for values in table.cells():
         w.writerow(["" if v is None else v for v in values])
     return buf.getvalue()
+
+
+def _write_csv(table: Table, path: Path) -> None:
+    path.write_text(to_csv(table), encoding="utf-8")
+
+
+def _write_xlsx(table: Table, path: Path) -> None:
+    """A real workbook, one sheet. Text stays text: a value starting with '=' (an
+    evaluator's reference, say) is stored as a string, never run as a formula."""
+    from openpyxl import Workbook
+    from openpyxl.cell import WriteOnlyCell
+
+    wb = Workbook(write_only=True)
+    ws = wb.create_sheet(table.name)
+    ws.append(table.columns)
+    for values in table.cells():
+        row = []
+        for v in values:
+            cell = WriteOnlyCell(ws, value=v)
+            if isinstance(v, str):
+                cell.data_type = "s"  # openpyxl would read '=...' as a formula
+            row.append(cell)
+        ws.append(row)
+    wb.save(path)
+
+
+def _write_parquet(table: Table, path: Path) -> None:
+    """One Arrow column per table column, typed from its values; a column whose values
+    mix types (which Arrow cannot hold) is written as text."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cells = table.cells()
+    arrays = []
+    for i, _ in enumerate(table.columns):
+        values = [r[i] for r in cells]
+        try:
+            arrays.append(pa.array(values))
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            arrays.append(pa.array([None if v is None else str(v) for v in values]))
+    pq.write_table(pa.Table.from_arrays(arrays, names=table.columns), path)
+
+
+WRITERS: dict[str, Callable[[Table, Path], None]] = {
+    ".csv": _write_csv,
+    ".xlsx": _write_xlsx,
+    ".parquet": _write_parquet,
+}
+
+
+def write_table(table: Table, path: Path) -> None:
+    """Write the table in the format its file name says (.csv, .xlsx, .parquet), or
+    refuse. Whole or not at all: it goes to a temporary file beside ``path`` that
+    replaces ``path`` only once complete, and is removed if anything fails."""
+    suffix = path.suffix.lower()
+    writer = WRITERS.get(suffix)
+    if writer is None:
+        raise UserError(
+            f"{path}: evalkit does not write {suffix or 'files without an extension'}",
+            f"end the file name in one of {', '.join(WRITERS)}",
+        )
+    if suffix == ".parquet" and importlib.util.find_spec("pyarrow") is None:
+        raise UserError(
+            f"{path}: writing .parquet needs pyarrow",
+            "pip install pyarrow, or use .csv/.xlsx",
+        )
+    if path.is_dir():
+        raise UserError(f"{path} is a folder", "give a file name to write")
+    if not path.parent.is_dir():
+        raise UserError(f"the folder {path.parent} does not exist", "create it or choose another")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        writer(table, Path(tmp))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
