@@ -21,7 +21,7 @@ import math
 import random
 import re
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -35,7 +35,7 @@ import evalkit.keys
 from cli import cli
 from evalkit import allocation as AL
 from evalkit.canonical import canonical_json
-from evalkit.concealment import declared_shares, enroller_view
+from evalkit.concealment import concealed, declared_shares, enroller_view
 from evalkit.ledger import Entry
 from evalkit.protocol_file import parse_protocol
 from evalkit.randomness import RngFactory
@@ -246,6 +246,85 @@ def test_no_allocation_is_forced_by_what_an_enroller_sees(offices):
     found = forced_predictions(first.restricted, shares)
     assert len(found) >= at_least > 20
     assert all(predicted == actual for predicted, actual in found)
+
+
+# --- the rule itself ----------------------------------------------------------------------
+
+
+def _context(design: str = "blocked") -> AL.Context:
+    protocol = parse_protocol(_protocol_text(design), f"{PILOT}.yaml")[0]
+    return AL.Context(protocol, "hash", 1, RngFactory.for_test(0), "now", "me")
+
+
+def test_enroller_view_keeps_only_method_date_reference_and_the_declared_share():
+    ctx = _context("minimisation")
+    stored = ctx.entry(
+        kind="allocation",
+        unit="u1",
+        arm="keyworker",
+        stratum="benefit=ESA|referral_route=GP",
+        probabilities={"usual": 0.2, "keyworker": 0.8},
+        detail={
+            "method": "minimisation",
+            "index": 7,
+            "totals": {"usual": 3.0, "keyworker": 1.0},
+            "preferred": ["keyworker"],
+            "exact": True,
+            "on": "2027-04-02",
+            "ref": "case-7",
+            "a_field_added_later": 1,  # hidden until someone decides it is safe
+        },
+    )
+    shown = enroller_view(stored, ctx.protocol)
+    assert shown.detail == {
+        "method": "minimisation",
+        "exact": True,
+        "on": "2027-04-02",
+        "ref": "case-7",
+    }
+    assert shown.probabilities == {"usual": 0.5, "keyworker": 0.5}
+    assert (shown.arm, shown.stratum, shown.unit) == (stored.arm, stored.stratum, stored.unit)
+    other = replace(stored, probabilities={"usual": 0.2, "mentor": 0.8})  # an arm since dropped
+    assert enroller_view(other, ctx.protocol).probabilities is None
+
+
+def test_enroller_view_shows_batches_places_exclusions_and_events_as_stored():
+    ctx = _context()
+    half = {"usual": 0.5, "keyworker": 0.5}
+    stored = [
+        ctx.entry(
+            kind="allocation",
+            unit="u1",
+            arm="usual",
+            probabilities=half,
+            detail={"method": "complete", "batch": 1, "index": 0, "size": 9, "exact": True},
+        ),
+        ctx.entry(
+            kind="allocation",
+            level="place",
+            unit="Estate A",
+            place="Estate A",
+            arm="keyworker",
+            probabilities=half,
+            detail={"method": "cluster", "index": 0, "size": 8, "exact": True},
+        ),
+        ctx.entry(
+            kind="allocation",
+            unit="u2",
+            place="Estate A",
+            detail={"method": "joined_place", "period": 2, "crossover_period": 3},
+        ),
+        ctx.entry(kind="exclusion", unit="u3", detail={"reasons": ["too young"], "on": "x"}),
+        AL.event(ctx, "u1", "withdrawn", "2027-05-01", "moved away"),
+    ]
+    assert [enroller_view(e, ctx.protocol) for e in stored] == stored
+
+
+def test_concealment_lasts_until_unblinding_is_recorded():
+    ctx = _context()
+    log = [AL.event(ctx, None, "note", "2027-05-01", "a note")]
+    assert concealed(log)
+    assert not concealed([*log, AL.event(ctx, None, "unblinded", "2028-06-01", "ended")])
 
 
 # --- statistical check: a seeded simulation ----------------------------------------------
