@@ -577,6 +577,7 @@ def enrol(
     --set mh_condition=true
     """
     from evalkit.clock import utc_now
+    from evalkit.concealment import seen_by_enroller
     from evalkit.enrolment import enrol as do_enrol
 
     raw = {}
@@ -588,6 +589,7 @@ def enrol(
     day, why = _date(on, "--date"), _backdate(backdate, reason)
     p = _pilot(app, pilot)
     out = do_enrol(app.store(), p, unit_id, raw, utc_now(), by or _user(), day, ref, why)
+    out = seen_by_enroller(out, p.protocol)
     e, existing = (out.existing[0], True) if out.existing else (out.entries[0], False)
     differences = out.differences.get(e.unit or "", [])
     if as_json:
@@ -653,11 +655,13 @@ def allocate(
     Example: evalkit allocate hackney-estates places.csv --out allocation.csv
     """
     from evalkit.clock import utc_now
+    from evalkit.concealment import seen_by_enroller
     from evalkit.enrolment import allocate_file, write_results
 
     day, why = _date(on, "--date"), _backdate(backdate, reason)
     p = _pilot(app, pilot)
     res = allocate_file(app.store(), p, file, utc_now(), by or _user(), day, id_column, why)
+    res = seen_by_enroller(res, p.protocol)
     if out is not None:
         write_results(out, res)
     if as_json:
@@ -1133,27 +1137,46 @@ def outcomes_import(
     show_default=True,
     help="Which table.",
 )
-@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), help="CSV file to write.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="File to write: .csv, .xlsx or .parquet (needs pyarrow); default: CSV on screen.",
+)
+@click.option(
+    "--restricted",
+    is_flag=True,
+    help="With --what allocations: every allocation detail, including block sizes, "
+    "positions in blocks and minimisation totals, which predict later allocations. For "
+    "the trial statistician; never give it to anyone who enrols or allocates.",
+)
 @pass_app
-def export(app: App, pilot: str, what: str, out: Path | None) -> None:
-    """Write a pseudonymised table as CSV: the analysis data set (one row per randomised
-    person), the allocation log, or every outcome record with its versions.
+def export(app: App, pilot: str, what: str, out: Path | None, restricted: bool) -> None:
+    """Write a pseudonymised table: the analysis data set (one row per randomised
+    person), the allocation log, or every outcome record with its versions. CSV on the
+    screen; with --out, the format the file's extension names (.csv, .xlsx, .parquet).
 
-    Example: evalkit export hackney-keyworker --what analysis --out analysis.csv
+    Until unblinding is recorded the allocation log leaves out what could predict a
+    later allocation (block sizes, positions, minimisation totals); --restricted keeps it.
+    Example: evalkit export hackney-keyworker --what analysis --out analysis.xlsx
     """
     from datetime import date
 
-    from evalkit.exports import export_table
+    from evalkit.exports import export_table, to_csv, write_table
 
-    text = export_table(
+    table = export_table(
         app.store(),
         app.keyring(),
         app.workspace.protocol_path(pilot),
         pilot,
         what,
         date.fromisoformat(_today()),
+        restricted,
     )
-    _write_or_print(text, out)
+    if out is None:
+        click.echo(to_csv(table), nl=False)
+        return
+    write_table(table, out)
+    click.echo(f"wrote {out}")
 
 
 @cli.command()
