@@ -82,11 +82,11 @@ def enroller_view(entry: Entry, protocol: Protocol) -> Entry:
 def seen_by_enroller(written: Written, protocol: Protocol) -> Written:
     """What ``enrol`` and ``allocate`` print or write: every entry through
     :func:`enroller_view`."""
-    return Written(
-        [enroller_view(e, protocol) for e in written.entries],
-        [enroller_view(e, protocol) for e in written.existing],
-        written.head,
-        [(row, enroller_view(e, protocol), existed) for row, e, existed in written.rows],
+    return replace(
+        written,
+        entries=[enroller_view(e, protocol) for e in written.entries],
+        existing=[enroller_view(e, protocol) for e in written.existing],
+        rows=[(row, enroller_view(e, protocol), existed) for row, e, existed in written.rows],
     )
 
 
