@@ -20,6 +20,7 @@ model that cannot be fitted on the data is named in ``not_run`` rather than left
 from __future__ import annotations
 
 import platform
+import warnings
 from datetime import date
 from typing import Any
 
@@ -111,6 +112,13 @@ def outcome_effect(
     if cluster and min(frame.groupby("arm")["place"].nunique().reindex(arms, fill_value=0)) < 1:
         out["not_estimable"] = "an arm has no place with this outcome observed"
         return out
+    in_arm = [frame.loc[frame["arm"] == arm, o.name].to_numpy(dtype=float) for arm in arms]
+    if all(v.min() == v.max() for v in in_arm):
+        out["not_estimable"] = (
+            "the outcome does not vary within the arms among the analysed people, so no "
+            "standard error can be estimated"
+        )
+        return out
     covariates, dropped = usable_covariates(frame, o.name, covariates, cluster, arms)
     out["covariates"] = covariates
     if dropped:
@@ -121,14 +129,7 @@ def outcome_effect(
         out["not_estimable"] = str(exc)
         return out
     if not (np.isfinite(eff.std_error) and eff.std_error > 0):
-        y_all = frame[o.name].to_numpy(dtype=float)
-        in_arm = [y_all[(frame["arm"] == arm).to_numpy()] for arm in arms]
-        out["not_estimable"] = (
-            "the outcome does not vary within the arms among the analysed people, so no "
-            "standard error can be estimated"
-            if all(v.min() == v.max() for v in in_arm)
-            else "the linear model has no standard error on these data"
-        )
+        out["not_estimable"] = "the linear model has no standard error on these data"
         return out
     out["effect"] = {
         **eff.as_dict(),
@@ -353,16 +354,18 @@ def subgroup_effects(
         )
         return out
     try:
-        model = smf.ols(formula, data=frame)
-        fit = (
-            model.fit(cov_type="cluster", cov_kwds={"groups": frame["place"]})
-            if cluster
-            else model.fit(cov_type="HC2")
-        )
-        names = [n for n in fit.params.index if n.startswith("treated:")]
-        test = fit.wald_test(", ".join(f"{n} = 0" for n in names), scalar=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a singular test (ValueWarning) is no test
+            model = smf.ols(formula, data=frame)
+            fit = (
+                model.fit(cov_type="cluster", cov_kwds={"groups": frame["place"]})
+                if cluster
+                else model.fit(cov_type="HC2")
+            )
+            names = [n for n in fit.params.index if n.startswith("treated:")]
+            test = fit.wald_test(", ".join(f"{n} = 0" for n in names), scalar=True)
+            largest_se = max(float(fit.bse[n]) for n in names)
         out["interaction_p_value"] = _num(test.pvalue)
-        largest_se = max(float(fit.bse[n]) for n in names)
         out["interaction_detectable"] = _num(2.8 * largest_se)
         out["underpowered"] = bool(2.8 * largest_se > o.minimal_important_difference)
     except Exception as exc:  # singular designs in small subgroups
@@ -495,15 +498,18 @@ def _ri(
         [protocol.arms[0].name, treated],
     )
     t = d.X[:, 1]
-    test = randomisation_test(
-        d.y,
-        np.delete(d.X, 1, axis=1),
-        t,
-        r.treated[:, columns],
-        plan.statistic,
-        r.exact,
-        d.clusters,
-    )
+    try:
+        test = randomisation_test(
+            d.y,
+            np.delete(d.X, 1, axis=1),
+            t,
+            r.treated[:, columns],
+            plan.statistic,
+            r.exact,
+            d.clusters,
+        )
+    except ValueError as exc:  # re-drawn assignments the model cannot take
+        return {"not_estimable": f"the randomisation test cannot be run on these data ({exc})"}
     return {
         "p_value": _num(test.p_value),
         "observed": _num(test.observed),
@@ -537,15 +543,18 @@ def _wcb(
     if plan is None or protocol.unit.level != "place":
         return None
     d = design_matrix(frame, o.name, "arm", covariates, "place", None, arms)
-    wb = wild_cluster_bootstrap(
-        d.y,
-        d.X,
-        d.clusters,
-        1,
-        plan.draws,
-        rng=np.random.default_rng([seed, 2]),
-        alpha=protocol.analysis.alpha,
-    )
+    try:
+        wb = wild_cluster_bootstrap(
+            d.y,
+            d.X,
+            d.clusters,
+            1,
+            plan.draws,
+            rng=np.random.default_rng([seed, 2]),
+            alpha=protocol.analysis.alpha,
+        )
+    except (ValueError, np.linalg.LinAlgError) as exc:
+        return {"not_estimable": f"the wild cluster bootstrap cannot be run on these data ({exc})"}
     return {
         "p_value": _num(wb.p_value),
         "conf_low": _num(wb.conf_low),
@@ -692,6 +701,14 @@ def _not_run(results: list[dict[str, Any]]) -> list[str]:
     """Registered analyses that could not be run on the data, named openly."""
     out = []
     for r in results:
+        for key, name in (
+            ("missing_data", "missing-data analysis"),
+            ("randomisation_inference", "randomisation inference"),
+            ("wild_cluster_bootstrap", "wild cluster bootstrap"),
+        ):
+            why = (r.get(key) or {}).get("not_estimable")
+            if why:
+                out.append(f"{r['outcome']}: the registered {name} could not be run ({why})")
         m = r["registered_model"]
         if r["primary_analysis"] == "registered_model" and (m is None or "not_estimable" in m):
             why = m["not_estimable"] if m else r.get("not_estimable", "not estimable")
