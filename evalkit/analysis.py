@@ -20,6 +20,7 @@ model that cannot be fitted on the data is named in ``not_run`` rather than left
 from __future__ import annotations
 
 import platform
+import warnings
 from datetime import date
 from typing import Any
 
@@ -31,7 +32,7 @@ from evalkit import costs as costing
 from evalkit import effects as E
 from evalkit import sensitivity as S
 from evalkit.design_ri import redraw
-from evalkit.estimators import design_matrix, estimate_effect
+from evalkit.estimators import check_rank, design_matrix, estimate_effect
 from evalkit.inference import randomisation_test, wild_cluster_bootstrap
 from evalkit.ledger import Entry
 from evalkit.protocol import Outcome, Protocol, SteppedWedgeDesign
@@ -108,10 +109,27 @@ def outcome_effect(
     if min(counts.values()) < 2:
         out["not_estimable"] = "fewer than two people with this outcome in an arm"
         return out
+    if cluster and min(frame.groupby("arm")["place"].nunique().reindex(arms, fill_value=0)) < 1:
+        out["not_estimable"] = "an arm has no place with this outcome observed"
+        return out
+    in_arm = [frame.loc[frame["arm"] == arm, o.name].to_numpy(dtype=float) for arm in arms]
+    if all(v.min() == v.max() for v in in_arm):
+        out["not_estimable"] = (
+            "the outcome does not vary within the arms among the analysed people, so no "
+            "standard error can be estimated"
+        )
+        return out
+    covariates, dropped = usable_covariates(frame, o.name, covariates, cluster, arms)
+    out["covariates"] = covariates
+    if dropped:
+        out["covariates_dropped"] = dropped
     try:
         eff = estimate_effect(frame, o.name, "arm", covariates, cluster, None, a.se, a.alpha, arms)
     except ValueError as exc:  # e.g. a stepped wedge's exposure confounded with period
         out["not_estimable"] = str(exc)
+        return out
+    if not (np.isfinite(eff.std_error) and eff.std_error > 0):
+        out["not_estimable"] = "the linear model has no standard error on these data"
         return out
     out["effect"] = {
         **eff.as_dict(),
@@ -133,10 +151,13 @@ def outcome_effect(
     clusters = frame["place"].to_numpy() if cluster else None
     if o.type == "binary":
         out["binary"] = _clean(E.binary_effects(y, t, a.alpha))
-        out["odds_ratio"] = _odds_ratio(frame, o, covariates, arms[1])
+        out["odds_ratio"] = _odds_ratio(frame, o, covariates, arms, a.alpha)
     else:
         wedge = isinstance(protocol.design, SteppedWedgeDesign)  # places cross over
-        out["hedges_g"] = _clean(E.hedges_g(y, t, None if wedge else clusters))
+        try:
+            out["hedges_g"] = _clean(E.hedges_g(y, t, None if wedge else clusters))
+        except ValueError as exc:
+            out["hedges_g"] = {"not_estimable": str(exc)}
     bayes = E.bayesian_reading(
         eff.estimate, eff.std_error, a.prior, o.minimal_important_difference, o.direction
     )
@@ -155,14 +176,50 @@ def outcome_effect(
                 ),
             }
         out["subgroups"] = [
-            subgroup_effects(protocol, rows, name) for name in protocol.analysis.subgroups
+            subgroup_effects(protocol, rows, name, covariates)
+            for name in protocol.analysis.subgroups
         ]
-        out["cace"] = cace(protocol, rows)
+        out["cace"] = cace(protocol, rows, covariates)
         out["randomisation_inference"] = _ri(
             protocol, frame, o, covariates, entries, rows, arms[1], seed
         )
         out["wild_cluster_bootstrap"] = _wcb(protocol, frame, o, covariates, arms, seed)
     return out
+
+
+def usable_covariates(
+    frame: pd.DataFrame,
+    outcome: str,
+    covariates: list[str],
+    cluster: str | None,
+    arms: list[str],
+) -> tuple[list[str], list[dict[str, str]]]:
+    """The registered covariates that can be estimated among the analysed people, in the
+    registered order, and those left out with the reason. A covariate that is constant
+    among them (every analysed person on one benefit, say), or whose columns are collinear
+    with the arm and the covariates kept before it, carries no information the model can
+    use: R's lm would report its coefficients as NA (aliased) and estimatr drops them. It
+    is left out of every model of this outcome, and results.json says so, rather than the
+    analysis stopping; so is one that would leave no fewer people than coefficients."""
+    kept: list[str] = []
+    dropped: list[dict[str, str]] = []
+    for c in covariates:
+        d = design_matrix(frame, outcome, "arm", [*kept, c], cluster, None, arms)
+        try:
+            check_rank(d.X, d.names, "analysed people")
+        except ValueError:
+            if frame[c].nunique(dropna=True) < 2:
+                why = "constant among the analysed people"
+            elif d.X.shape[0] <= d.X.shape[1]:
+                why = "more coefficients than analysed people"
+            else:
+                why = (
+                    "collinear with the arm and the covariates before it among the analysed people"
+                )
+            dropped.append({"covariate": c, "reason": why})
+            continue
+        kept.append(c)
+    return kept, dropped
 
 
 def _registered_model(
@@ -179,7 +236,7 @@ def _registered_model(
     d = design_matrix(frame, o.name, "arm", covariates, cluster, None, arms)
     try:
         return _clean(E.ratio_model(d.y, d.X, model, d.clusters, alpha))
-    except ValueError as exc:
+    except (ValueError, np.linalg.LinAlgError) as exc:
         return {"model": model, "scale": E.RATIO_MODELS[model], "not_estimable": str(exc)}
 
 
@@ -230,11 +287,20 @@ def _missing_data(
     return {**res, "missing": missing}
 
 
-def subgroup_effects(protocol: Protocol, rows: list[dict[str, Any]], name: str) -> dict[str, Any]:
+def subgroup_effects(
+    protocol: Protocol,
+    rows: list[dict[str, Any]],
+    name: str,
+    covariates: list[str] | None = None,
+) -> dict[str, Any]:
     """The primary effect within each level of a pre-specified subgroup, and a test of
     whether it differs between levels (arm-by-level interaction, Wald test with the same
     kind of robust covariance). Flagged underpowered when an interaction as large as the
-    minimal important difference would be detected with less than 80% power."""
+    minimal important difference would be detected with less than 80% power.
+    ``covariates``: those the primary model could use (default: the registered ones).
+    Levels without at least two people in each arm (and, in a place design, two places)
+    get no effect and are left out of the interaction test, which is then over the other
+    levels; with fewer than two such levels there is no test, and the reason is given."""
     import statsmodels.formula.api as smf
 
     a, o = protocol.analysis, protocol.primary
@@ -243,8 +309,9 @@ def subgroup_effects(protocol: Protocol, rows: list[dict[str, Any]], name: str) 
     frame = frame.dropna(subset=[name])
     frame[name] = frame[name].astype(str)
     cluster = "place" if protocol.unit.level == "place" else None
-    covariates = [c for c in _covariates(protocol) if c != name]
+    covariates = [c for c in (covariates or _covariates(protocol)) if c != name]
     levels = []
+    usable = []
     for level, part in frame.groupby(name, sort=True):
         if (
             part["arm"].nunique() < 2
@@ -253,6 +320,7 @@ def subgroup_effects(protocol: Protocol, rows: list[dict[str, Any]], name: str) 
         ):
             levels.append({"level": level, "n": len(part), "effect": None})
             continue
+        usable.append(level)
         try:
             eff = estimate_effect(
                 part, o.name, "arm", covariates, cluster, None, a.se, a.alpha, arms
@@ -264,23 +332,40 @@ def subgroup_effects(protocol: Protocol, rows: list[dict[str, Any]], name: str) 
             )
     frame["treated"] = (frame["arm"] == arms[1]).astype(int)
     frame["_y"] = frame[o.name].astype(float)
-    terms = " + ".join(f"C({c})" if frame[c].dtype == object else c for c in covariates)
-    formula = f"_y ~ treated * C({name})" + (f" + {terms}" if terms else "")
     out: dict[str, Any] = {"subgroup": name, "levels": levels, "interaction_p_value": None}
     if frame[name].nunique() < 2:
         out["not_estimable"] = "only one level observed"
         return out
-    try:
-        model = smf.ols(formula, data=frame)
-        fit = (
-            model.fit(cov_type="cluster", cov_kwds={"groups": frame["place"]})
-            if cluster
-            else model.fit(cov_type="HC2")
+    if len(usable) < 2:
+        out["not_estimable"] = (
+            "fewer than two levels have at least two people (and, with places, two places) "
+            "in each arm, so no interaction can be tested"
         )
-        names = [n for n in fit.params.index if n.startswith("treated:")]
-        test = fit.wald_test(", ".join(f"{n} = 0" for n in names), scalar=True)
+        return out
+    frame = frame[frame[name].isin(usable)]
+    covariates = [c for c in covariates if frame[c].nunique() > 1]
+    terms = " + ".join(f"C({c})" if frame[c].dtype == object else c for c in covariates)
+    formula = f"_y ~ treated * C({name})" + (f" + {terms}" if terms else "")
+    try:
+        check_rank(np.asarray(smf.ols(formula, data=frame).exog), [formula], "analysed people")
+    except Exception:  # collinear terms, or none patsy can build
+        out["not_estimable"] = (
+            "the interaction model's terms are collinear among the analysed people"
+        )
+        return out
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a singular test (ValueWarning) is no test
+            model = smf.ols(formula, data=frame)
+            fit = (
+                model.fit(cov_type="cluster", cov_kwds={"groups": frame["place"]})
+                if cluster
+                else model.fit(cov_type="HC2")
+            )
+            names = [n for n in fit.params.index if n.startswith("treated:")]
+            test = fit.wald_test(", ".join(f"{n} = 0" for n in names), scalar=True)
+            largest_se = max(float(fit.bse[n]) for n in names)
         out["interaction_p_value"] = _num(test.pvalue)
-        largest_se = max(float(fit.bse[n]) for n in names)
         out["interaction_detectable"] = _num(2.8 * largest_se)
         out["underpowered"] = bool(2.8 * largest_se > o.minimal_important_difference)
     except Exception as exc:  # singular designs in small subgroups
@@ -288,11 +373,16 @@ def subgroup_effects(protocol: Protocol, rows: list[dict[str, Any]], name: str) 
     return out
 
 
-def cace(protocol: Protocol, rows: list[dict[str, Any]]) -> dict[str, Any]:
+def cace(
+    protocol: Protocol, rows: list[dict[str, Any]], covariates: list[str] | None = None
+) -> dict[str, Any]:
     """Complier average causal effect of receiving the intervention, by instrumental
     variables (assignment instruments receipt; nobody in the control arm receives it),
     when every analysed person in the intervention arm has a start or did-not-start
-    recorded."""
+    recorded. Not estimable, with the reason, when nobody in the intervention arm started
+    (the instrument then moves nobody: the effect of receipt is 0/0) or the model cannot
+    be fitted. ``covariates``: those the primary model could use (default: the registered
+    ones)."""
     from linearmodels.iv import IV2SLS
 
     a, o = protocol.analysis, protocol.primary
@@ -305,11 +395,17 @@ def cace(protocol: Protocol, rows: list[dict[str, Any]]) -> dict[str, Any]:
             "not_estimable": f"receipt is not recorded for {unknown} people in the {arms[1]} arm",
             "compliance": a.compliance,
         }
+    if not treated_rows["started"].astype(bool).any():
+        return {
+            "not_estimable": f"nobody in the {arms[1]} arm started it, so assignment moves "
+            "nobody into receiving it and there is no complier effect to estimate",
+            "compliance": a.compliance,
+        }
     d = design_matrix(
         frame,
         o.name,
         "arm",
-        _covariates(protocol),
+        _covariates(protocol) if covariates is None else covariates,
         "place" if protocol.unit.level == "place" else None,
         None,
         arms,
@@ -317,17 +413,24 @@ def cace(protocol: Protocol, rows: list[dict[str, Any]]) -> dict[str, Any]:
     assigned = d.X[:, 1]
     received = np.where(assigned == 1, frame["started"].fillna(False).astype(float), 0.0)
     exog = pd.DataFrame(np.delete(d.X, 1, axis=1))
-    model = IV2SLS(
-        pd.Series(d.y),
-        exog,
-        pd.Series(received, name="received"),
-        pd.Series(assigned, name="assigned"),
-    )
-    fit = (
-        model.fit(cov_type="clustered", clusters=pd.Series(d.clusters))
-        if d.clusters is not None
-        else model.fit(cov_type="robust")
-    )
+    try:
+        model = IV2SLS(
+            pd.Series(d.y),
+            exog,
+            pd.Series(received, name="received"),
+            pd.Series(assigned, name="assigned"),
+        )
+        fit = (
+            model.fit(cov_type="clustered", clusters=pd.Series(d.clusters))
+            if d.clusters is not None
+            else model.fit(cov_type="robust")
+        )
+    except (ValueError, np.linalg.LinAlgError) as exc:
+        return {
+            "not_estimable": "the instrumental-variables model cannot be fitted "
+            f"({str(exc).splitlines()[0]})",
+            "compliance": a.compliance,
+        }
     low, high = fit.conf_int(level=1 - a.alpha).loc["received"]
     return {
         "estimate": _num(fit.params["received"]),
@@ -360,31 +463,13 @@ def _clean(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def _odds_ratio(
-    frame: pd.DataFrame, o: Outcome, covariates: list[str], treated: str
-) -> dict[str, Any] | None:
-    """Logistic model as a secondary presentation; None when it cannot be fitted."""
-    import statsmodels.api as sm
-
-    d = design_matrix(
-        frame,
-        o.name,
-        "arm",
-        covariates,
-        None,
-        None,
-        [a for a in frame["arm"].unique() if a != treated] + [treated],
-    )
-    try:
-        fit = sm.GLM(d.y, d.X, family=sm.families.Binomial()).fit()
-    except Exception as exc:  # perfect separation and friends
-        return {"not_estimable": str(exc).splitlines()[0]}
-    low, high = fit.conf_int()[1]
-    return {
-        "odds_ratio": _num(np.exp(fit.params[1])),
-        "conf_low": _num(np.exp(low)),
-        "conf_high": _num(np.exp(high)),
-        "p_value": _num(fit.pvalues[1]),
-    }
+    frame: pd.DataFrame, o: Outcome, covariates: list[str], arms: list[str], alpha: float
+) -> dict[str, Any]:
+    """Logistic model as a secondary presentation (evalkit.effects.logistic_odds_ratio):
+    maximum likelihood, or Firth's penalised likelihood under separation, or the reason
+    it cannot be estimated."""
+    d = design_matrix(frame, o.name, "arm", covariates, None, None, arms)
+    return _clean(E.logistic_odds_ratio(d.y, d.X, alpha))
 
 
 def _ri(
@@ -413,15 +498,18 @@ def _ri(
         [protocol.arms[0].name, treated],
     )
     t = d.X[:, 1]
-    test = randomisation_test(
-        d.y,
-        np.delete(d.X, 1, axis=1),
-        t,
-        r.treated[:, columns],
-        plan.statistic,
-        r.exact,
-        d.clusters,
-    )
+    try:
+        test = randomisation_test(
+            d.y,
+            np.delete(d.X, 1, axis=1),
+            t,
+            r.treated[:, columns],
+            plan.statistic,
+            r.exact,
+            d.clusters,
+        )
+    except ValueError as exc:  # re-drawn assignments the model cannot take
+        return {"not_estimable": f"the randomisation test cannot be run on these data ({exc})"}
     return {
         "p_value": _num(test.p_value),
         "observed": _num(test.observed),
@@ -455,15 +543,18 @@ def _wcb(
     if plan is None or protocol.unit.level != "place":
         return None
     d = design_matrix(frame, o.name, "arm", covariates, "place", None, arms)
-    wb = wild_cluster_bootstrap(
-        d.y,
-        d.X,
-        d.clusters,
-        1,
-        plan.draws,
-        rng=np.random.default_rng([seed, 2]),
-        alpha=protocol.analysis.alpha,
-    )
+    try:
+        wb = wild_cluster_bootstrap(
+            d.y,
+            d.X,
+            d.clusters,
+            1,
+            plan.draws,
+            rng=np.random.default_rng([seed, 2]),
+            alpha=protocol.analysis.alpha,
+        )
+    except (ValueError, np.linalg.LinAlgError) as exc:
+        return {"not_estimable": f"the wild cluster bootstrap cannot be run on these data ({exc})"}
     return {
         "p_value": _num(wb.p_value),
         "conf_low": _num(wb.conf_low),
@@ -550,7 +641,8 @@ def analyse(
     base_cols = [
         f.name for f in protocol.fields if not f.identifier and f.name != protocol.unit.place_field
     ]
-    balance = E.standardised_differences(frame[base_cols], treated) if len(frame) else []
+    both = 0 < treated.sum() < len(treated)
+    balance = E.standardised_differences(frame[base_cols], treated) if both else []
     primary = next(r for r in results if r["primary"])
     c = tracking["consort"]
     due = {a["arm"]: a["randomised"] - a["not_yet_due"] for a in c["arms"]}
@@ -600,6 +692,14 @@ def _not_run(results: list[dict[str, Any]]) -> list[str]:
     """Registered analyses that could not be run on the data, named openly."""
     out = []
     for r in results:
+        for key, name in (
+            ("missing_data", "missing-data analysis"),
+            ("randomisation_inference", "randomisation inference"),
+            ("wild_cluster_bootstrap", "wild cluster bootstrap"),
+        ):
+            why = (r.get(key) or {}).get("not_estimable")
+            if why:
+                out.append(f"{r['outcome']}: the registered {name} could not be run ({why})")
         m = r["registered_model"]
         if r["primary_analysis"] == "registered_model" and (m is None or "not_estimable" in m):
             why = m["not_estimable"] if m else r.get("not_estimable", "not estimable")

@@ -258,7 +258,9 @@ def binary_effects(
     percentage points) with a Wald interval; relative risk RR = p1 / p0 with the log-scale
     Wald interval exp(log RR +/- z sqrt(1/a1 - 1/n1 + 1/a0 - 1/n0)); odds ratio with the
     log-scale (Woolf) interval. RR and OR are None when a cell they need is zero (no
-    continuity correction is made up).
+    continuity correction is made up), and ``relative_risk_not_estimable`` /
+    ``odds_ratio_not_estimable`` then say why (None when they were estimated). The risk
+    difference needs no such cell and is always given.
 
     Number needed to treat is 1 / RD: the number of people offered the intervention for one
     more (RD > 0) or one fewer (RD < 0) to have the outcome. Whether that is a benefit
@@ -280,19 +282,34 @@ def binary_effects(
     se_rd = math.sqrt(p1 * (1 - p1) / n1 + p0 * (1 - p0) / n0)
 
     rr = rr_low = rr_high = None
+    rr_why = None
     if a1 > 0 and a0 > 0:
         rr = p1 / p0
         se_log_rr = math.sqrt(1 / a1 - 1 / n1 + 1 / a0 - 1 / n0)
         rr_low = math.exp(math.log(rr) - z * se_log_rr)
         rr_high = math.exp(math.log(rr) + z * se_log_rr)
+    else:
+        rr_why = (
+            "nobody analysed has the outcome, so there is no ratio of rates"
+            if a1 == a0 == 0
+            else "an arm has no one with the outcome: the relative risk is 0 or infinite, "
+            "with no finite log-scale interval (no continuity correction is made up)"
+        )
 
     b1, b0 = n1 - a1, n0 - a0
     odds = odds_low = odds_high = None
+    odds_why = None
     if min(a1, a0, b1, b0) > 0:
         odds = (a1 / b1) / (a0 / b0)
         se_log_or = math.sqrt(1 / a1 + 1 / b1 + 1 / a0 + 1 / b0)
         odds_low = math.exp(math.log(odds) - z * se_log_or)
         odds_high = math.exp(math.log(odds) + z * se_log_or)
+    else:
+        odds_why = (
+            "a cell of the two-by-two table is zero (an arm where nobody, or everybody, has "
+            "the outcome): the unadjusted odds ratio is 0 or infinite, with no finite Woolf "
+            "interval; see the logistic model's odds ratio"
+        )
 
     if rd == 0:
         nnt, kind = None, None
@@ -316,6 +333,8 @@ def binary_effects(
         "odds_ratio": odds,
         "odds_ratio_low": odds_low,
         "odds_ratio_high": odds_high,
+        "relative_risk_not_estimable": rr_why,
+        "odds_ratio_not_estimable": odds_why,
         "nnt": nnt,
         "nnt_kind": kind,
         "nnt_convention": (
@@ -593,6 +612,298 @@ RATIO_MODELS = {
 }
 
 
+#: Why a maximum-likelihood odds ratio does not exist under separation, in words that name
+#: no arm and no count (the reasons are printed on published pages).
+SEPARATION = (
+    "perfect separation: among the analysed people the arm (with the covariates) predicts "
+    "the outcome exactly for some of them, so maximum likelihood has no finite odds ratio"
+)
+#: The same for a count model: zero counts that the arm (with the covariates) predicts.
+ZERO_COUNTS = (
+    "the counts are zero for everyone in some combination of arm and covariates (an arm "
+    "in which nobody had any, for example), so the maximum-likelihood rate ratio is 0 or "
+    "infinite and has no finite log-scale interval"
+)
+#: Firth's fit: Newton-Raphson steps with the information of the augmented data (as
+#: logistf), each capped at 5 on the coefficient scale and halved until the penalised
+#: log-likelihood does not fall, until the largest penalised score is below _FIRTH_GTOL
+#: times the people analysed or the full step below _FIRTH_XTOL.
+_FIRTH_GTOL = 1e-11
+_FIRTH_XTOL = 1e-10
+_FIRTH_MAXIT = 50
+_FIRTH_MAXSTEP = 5.0
+#: A linear programme whose optimum is below -_LP_TOL (on columns scaled to at most 1 and
+#: directions in the unit box) has a direction along which the likelihood never falls.
+_LP_TOL = 1e-7
+
+
+def _unit_columns(X: np.ndarray) -> np.ndarray:
+    scale = np.abs(X).max(axis=0)
+    scale[scale == 0] = 1.0
+    return X / scale
+
+
+def _direction_exists(A_ub: np.ndarray | None, A_eq: np.ndarray | None, c: np.ndarray) -> bool:
+    """Whether min c'd subject to A_ub d <= 0, A_eq d = 0 and -1 <= d <= 1 is negative: a
+    recession direction of the log-likelihood (Konis 2007's linear programme, in the box
+    so that it is bounded)."""
+    from scipy.optimize import linprog
+
+    res = linprog(
+        c,
+        A_ub=A_ub if A_ub is not None and len(A_ub) else None,
+        b_ub=np.zeros(len(A_ub)) if A_ub is not None and len(A_ub) else None,
+        A_eq=A_eq if A_eq is not None and len(A_eq) else None,
+        b_eq=np.zeros(len(A_eq)) if A_eq is not None and len(A_eq) else None,
+        bounds=[(-1.0, 1.0)] * len(c),
+        method="highs",
+    )
+    if res.status != 0:  # the box keeps it feasible (d = 0) and bounded
+        raise ValueError(f"the separation check failed: {res.message}")
+    return bool(res.fun < -_LP_TOL)
+
+
+def separated(y: np.ndarray, X: np.ndarray) -> bool:
+    """Whether a 0/1 outcome is completely or quasi-completely separated by the columns
+    of ``X``, so that the logistic model has no finite maximum-likelihood estimate.
+
+    Albert and Anderson (1984): the estimate is infinite exactly when some d != 0 has
+    x_i'd >= 0 for every person with the outcome and <= 0 for every person without, with
+    at least one inequality strict. With s_i = +1 / -1 for outcome 1 / 0, that is a d in
+    the unit box with s_i x_i'd >= 0 for all i and sum_i s_i x_i'd > 0, found by the linear
+    programme of Konis (2007) (R's detectseparation and safeBinaryRegression use it).
+    Statsmodels only warns on complete separation and misses quasi-complete separation
+    (an arm in which nobody had the outcome), which is the common case in small pilots."""
+    v = np.asarray(y, dtype=float)
+    A = _unit_columns(np.asarray(X, dtype=float)) * np.where(v > 0.5, 1.0, -1.0)[:, None]
+    return _direction_exists(-A, None, -A.sum(axis=0))
+
+
+def zero_count_separation(y: np.ndarray, X: np.ndarray) -> bool:
+    """Whether a Poisson or negative binomial model with log link has no finite
+    maximum-likelihood estimate: some d != 0 has x_i'd = 0 for every positive count and
+    x_i'd <= 0 for every zero count, at least one strictly (the log-likelihood
+    sum y_i eta_i - exp(eta_i), and the negative binomial's likewise, then rises for ever
+    along d). An arm in which every count is zero is the usual case."""
+    v = np.asarray(y, dtype=float)
+    Xs = _unit_columns(np.asarray(X, dtype=float))
+    zero = v == 0
+    if not zero.any():
+        return False
+    return _direction_exists(Xs[zero], Xs[~zero], Xs[zero].sum(axis=0))
+
+
+def _penalised(
+    y: np.ndarray, X: np.ndarray, beta: np.ndarray
+) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    """Firth's penalised log-likelihood l(beta) + 1/2 log det X'WX, with the fitted
+    probabilities p, the weights W = p (1 - p) and the leverages h (the diagonal of
+    W^1/2 X (X'WX)^-1 X' W^1/2), the last two from a QR factorisation of W^1/2 X, which
+    keeps them accurate when probabilities are near 0 or 1."""
+    from scipy import special
+
+    eta = X @ beta
+    loglik = -float((y * np.logaddexp(0.0, -eta) + (1 - y) * np.logaddexp(0.0, eta)).sum())
+    p = special.expit(eta)
+    w = p * special.expit(-eta)  # not p (1 - p), which loses 1 - p when p is near 1
+    q, r = np.linalg.qr(X * np.sqrt(w)[:, None])
+    diag = np.abs(np.diag(r))
+    if not (diag > 0).all():
+        return -math.inf, p, w, np.zeros_like(p)
+    return loglik + float(np.log(diag).sum()), p, w, (q**2).sum(axis=1)
+
+
+def _firth_fit(
+    y: np.ndarray, X: np.ndarray, beta: np.ndarray, free: list[int]
+) -> tuple[np.ndarray, float]:
+    """Maximise the penalised log-likelihood over the coefficients ``free``, the others
+    held at their values in ``beta`` (the penalty always uses the whole design, as in
+    logistf and Heinze and Schemper 2002). The gradient is Firth's modified score
+    X'(y - p + h (1/2 - p)). Newton steps use the information of Heinze and Schemper's
+    augmented data, X' diag(w (1 + h)) X (as logistf); under complete separation the
+    penalised likelihood is flat far out and those steps crawl, so the fit is finished by
+    quasi-Newton (scipy's BFGS) on the exact score. Converged when the score is below
+    _FIRTH_GTOL per person or the full Newton step below _FIRTH_XTOL, or when the full
+    step is below 1e-8 (1e-7 when no step at all is uphill) and no step raises the
+    penalised likelihood by more than rounding (its maximum, to the precision of the
+    arithmetic)."""
+    from scipy.optimize import minimize
+
+    beta = np.array(beta, dtype=float)
+    pll, p, w, h = _penalised(y, X, beta)
+    if not free:
+        return beta, pll
+    idx = np.ix_(free, free)
+    tol = _FIRTH_GTOL * max(1, len(y))
+
+    def score_of(p: np.ndarray, w: np.ndarray, h: np.ndarray) -> np.ndarray:
+        residual = np.where(y > 0.5, w / np.maximum(p, 1e-300), -p)  # y - p; 1 - p = w / p
+        return X.T @ (residual + h * (0.5 - p))
+
+    for _ in range(_FIRTH_MAXIT):
+        score = score_of(p, w, h)
+        augmented = X.T @ (X * (w * (1 + h))[:, None])
+        step = np.zeros_like(beta)
+        step[free] = np.linalg.solve(augmented[idx], score[free])
+        big = float(np.abs(step).max())
+        if np.abs(score[free]).max() <= tol or big <= _FIRTH_XTOL:
+            return beta, pll
+        if big > _FIRTH_MAXSTEP:
+            step *= _FIRTH_MAXSTEP / big
+        for _ in range(40):
+            trial = _penalised(y, X, beta + step)
+            if trial[0] >= pll:
+                break
+            step /= 2
+        else:
+            if big <= 1e-7:  # no step uphill: the maximum, to rounding
+                return beta, pll
+            break
+        gain = trial[0] - pll
+        beta = beta + step
+        pll, p, w, h = trial
+        if big <= 1e-8 and gain <= 1e-14 * (1 + abs(pll)):  # flat to rounding
+            return beta, pll
+
+    def minus(free_beta: np.ndarray) -> tuple[float, np.ndarray]:
+        b = beta.copy()
+        b[free] = free_beta
+        value, pp, ww, hh = _penalised(y, X, b)
+        if not math.isfinite(value):
+            return math.inf, np.zeros(len(free))
+        return -value, -score_of(pp, ww, hh)[free]
+
+    res = minimize(
+        minus, beta[free], jac=True, method="BFGS", options={"gtol": tol, "maxiter": 2000}
+    )
+    polished = beta.copy()
+    polished[free] = res.x
+    value = _penalised(y, X, polished)
+    if value[0] >= pll and np.abs(score_of(*value[1:])[free]).max() <= 1e4 * tol:
+        return polished, value[0]
+    raise ValueError("Firth's penalised likelihood did not converge")
+
+
+def firth_logistic(
+    y: np.ndarray, X: np.ndarray, column: int = 1, alpha: float = 0.05
+) -> dict[str, Any]:
+    """Firth's penalised-likelihood logistic regression (Firth 1993; Heinze and Schemper
+    2002), the usual answer to separation: the log-likelihood plus half the log
+    determinant of the Fisher information (Jeffreys' prior) has a finite maximum even when
+    an arm has no one (or everyone) with the outcome, and its estimates have less
+    small-sample bias than maximum likelihood's.
+
+    For coefficient ``column``, as R's logistf reports it (its defaults ``pl = TRUE``):
+
+    - ``coef``: the penalised estimate; ``std_error``: from the inverse of the information
+      of Heinze and Schemper's augmented data, X' diag(p (1 - p) (1 + h)) X at the
+      estimate (logistf's ``var``), a Wald-type figure only: the interval and test below
+      do not use it;
+    - ``conf_low``, ``conf_high``: the profile penalised likelihood interval, the values b
+      at which 2 (l*(beta hat) - max over the other coefficients of l* with beta_j = b)
+      equals the chi-squared(1) quantile at 1 - alpha (each found by Brent's method);
+    - ``p_value``: the penalised likelihood-ratio test of beta_j = 0, chi-squared on 1 df.
+
+    Written here because statsmodels has no Firth model; checked against logistf in
+    tests/data/make_reference_degenerate.R."""
+    from scipy.optimize import brentq
+
+    yv = np.asarray(y, dtype=float)
+    X = np.asarray(X, dtype=float)
+    k = X.shape[1]
+    if np.linalg.matrix_rank(X) < k:
+        raise ValueError("the design's columns are collinear; Firth's model cannot be fitted")
+    beta, pll = _firth_fit(yv, X, np.zeros(k), list(range(k)))
+    _, _, w, h = _penalised(yv, X, beta)
+    augmented = X.T @ (X * (w * (1 + h))[:, None])  # each person counted 1 + h times
+    se = math.sqrt(float(np.linalg.inv(augmented)[column, column]))
+    others = [j for j in range(k) if j != column]
+    target = pll - float(stats.chi2.ppf(1 - alpha, 1)) / 2
+
+    def profile(b: float, start: np.ndarray) -> tuple[float, np.ndarray]:
+        fixed = start.copy()
+        fixed[column] = b
+        fitted, value = _firth_fit(yv, X, fixed, others)
+        return value, fitted
+
+    def limit(sign: float) -> float:
+        inner, inner_beta = float(beta[column]), beta
+        width = max(se, 0.5)
+        for _ in range(60):
+            outer = float(beta[column]) + sign * width
+            value, fitted = profile(outer, inner_beta)
+            if value < target:
+                break
+            inner, inner_beta, width = outer, fitted, width * 2
+        else:
+            raise ValueError("the profile penalised likelihood does not fall to its limit")
+        lo, hi = sorted((inner, outer))
+        return float(brentq(lambda b: profile(b, inner_beta)[0] - target, lo, hi, xtol=1e-12))
+
+    at_zero, _ = profile(0.0, beta)
+    statistic = max(0.0, 2 * (pll - at_zero))
+    return {
+        "coef": float(beta[column]),
+        "std_error": se,
+        "conf_low": limit(-1.0),
+        "conf_high": limit(1.0),
+        "p_value": float(stats.chi2.sf(statistic, 1)),
+        "penalised_loglik": pll,
+        "coefficients": [float(b) for b in beta],
+    }
+
+
+def logistic_odds_ratio(y: np.ndarray, X: np.ndarray, alpha: float = 0.05) -> dict[str, Any]:
+    """The adjusted odds ratio of column 1 of ``X`` from a logistic model with the rest as
+    covariates, a secondary presentation beside the linear probability model: maximum
+    likelihood with its model-based Wald interval, or, when maximum likelihood has no
+    finite estimate (separation, see ``separated``) or does not converge, Firth's
+    penalised likelihood with its profile interval and penalised likelihood-ratio test
+    (``method`` says which, ``note`` why). Not estimable, with the reason, when the outcome
+    does not vary or the columns are collinear."""
+    import statsmodels.api as sm
+
+    yv = np.asarray(y, dtype=float)
+    X = np.asarray(X, dtype=float)
+    if yv.min() == yv.max():
+        return {"not_estimable": "the outcome does not vary among the analysed people"}
+    if np.linalg.matrix_rank(X) < X.shape[1]:
+        return {"not_estimable": "the arm and covariates are collinear among the analysed people"}
+    why = SEPARATION if separated(yv, X) else None
+    if why is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            try:
+                fit = sm.GLM(yv, X, family=sm.families.Binomial()).fit()
+                low, high = fit.conf_int(alpha=alpha)[1]
+                values = [float(fit.params[1]), float(low), float(high), float(fit.pvalues[1])]
+                if fit.converged and all(math.isfinite(v) for v in values):
+                    return {
+                        "odds_ratio": math.exp(values[0]),
+                        "conf_low": math.exp(values[1]),
+                        "conf_high": math.exp(values[2]),
+                        "p_value": values[3],
+                        "method": "maximum likelihood",
+                    }
+                why = "maximum likelihood did not converge"
+            except (Warning, np.linalg.LinAlgError, ValueError) as exc:
+                why = f"maximum likelihood failed ({str(exc).splitlines()[0]})"
+    try:
+        f = firth_logistic(yv, X, 1, alpha)
+    except (ValueError, np.linalg.LinAlgError) as exc:
+        return {"not_estimable": f"{why}; Firth's penalised likelihood failed too ({exc})"}
+    return {
+        "odds_ratio": math.exp(f["coef"]),
+        "conf_low": math.exp(f["conf_low"]),
+        "conf_high": math.exp(f["conf_high"]),
+        "p_value": f["p_value"],
+        "method": "firth",
+        "note": f"{why}; Firth's penalised likelihood (Heinze and Schemper 2002) gives a "
+        "finite odds ratio, with a profile penalised likelihood interval and a penalised "
+        "likelihood-ratio test",
+    }
+
+
 def ratio_model(
     y: np.ndarray,
     X: np.ndarray,
@@ -643,24 +954,38 @@ def ratio_model(
         raise ValueError(f"a {model.replace('_', ' ')} model needs whole non-negative counts")
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    dispersion = None
+    X = np.asarray(X, dtype=float)
+    if check.min() == check.max():
+        raise ValueError("the outcome does not vary among the analysed people")
+    if np.linalg.matrix_rank(X) < X.shape[1]:
+        raise ValueError("the arm and covariates are collinear among the analysed people")
+    if model == "logistic" and separated(check, X):
+        return _firth_model(check, X, clusters, alpha, SEPARATION)
+    if model != "logistic" and zero_count_separation(check, X):
+        raise ValueError(ZERO_COUNTS)
+    dispersion, refit = None, None
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # separation, non-convergence: not estimable
+        warnings.simplefilter("error")  # non-convergence: Firth (logistic) or not estimable
         try:
             if model == "logistic":
                 family = sm.families.Binomial()
             elif model == "poisson":
                 family = sm.families.Poisson()
             else:
-                dispersion = _nb_dispersion(check, X)
+                dispersion, refit = _nb_dispersion(check, X)
                 family = (
                     sm.families.NegativeBinomial(alpha=dispersion)
                     if dispersion > 0
                     else sm.families.Poisson()
                 )
             fit = sm.GLM(check, X, family=family).fit()
-        except (Warning, np.linalg.LinAlgError) as exc:
-            raise ValueError(str(exc).splitlines()[0]) from None
+            if not fit.converged:
+                raise ValueError("the model's fit did not converge")
+        except (Warning, np.linalg.LinAlgError, ValueError) as exc:
+            why = str(exc).splitlines()[0]
+            if model == "logistic":
+                return _firth_model(check, X, clusters, alpha, f"maximum likelihood failed ({why})")
+            raise ValueError(why) from None
     cov = _glm_sandwich(check, X, np.asarray(fit.mu), family, clusters)
     b, se = float(fit.params[1]), math.sqrt(cov[1, 1])
     if not (math.isfinite(b) and math.isfinite(se)) or se <= 0:
@@ -687,7 +1012,9 @@ def ratio_model(
             "; the counts vary no more than a Poisson model expects, so the negative "
             "binomial's dispersion estimate is at its boundary 0 and the fit is the Poisson one"
         )
-    return {
+    if refit:
+        note += f"; {refit}"
+    out = {
         "model": model,
         "scale": RATIO_MODELS[model],
         "estimate": math.exp(b),
@@ -702,7 +1029,48 @@ def ratio_model(
         "clusters": groups,
         "dispersion": dispersion,
         "confidence": 1 - alpha,
+        "method": "maximum likelihood",
         "note": note,
+    }
+    if refit:
+        out["refit"] = refit
+    return out
+
+
+def _firth_model(
+    y: np.ndarray, X: np.ndarray, clusters: np.ndarray | None, alpha: float, why: str
+) -> dict[str, Any]:
+    """The registered logistic model by Firth's penalised likelihood when maximum
+    likelihood has no finite estimate. People randomised one by one only: Firth's model
+    treats people as independent, and no small-sample cluster-robust version of it is
+    established, so a place design's model is then not estimable (the linear model's CR2
+    difference and the randomisation inference still answer the question)."""
+    if clusters is not None:
+        raise ValueError(
+            f"{why}; Firth's penalised likelihood, the usual remedy, treats people as "
+            "independent and cannot allow for clustering by place"
+        )
+    f = firth_logistic(y, X, 1, alpha)
+    return {
+        "model": "logistic",
+        "scale": RATIO_MODELS["logistic"],
+        "estimate": math.exp(f["coef"]),
+        "conf_low": math.exp(f["conf_low"]),
+        "conf_high": math.exp(f["conf_high"]),
+        "p_value": f["p_value"],
+        "log_estimate": f["coef"],
+        "log_std_error": f["std_error"],
+        "df": None,
+        "se_type": "Firth",
+        "n": len(y),
+        "clusters": None,
+        "dispersion": None,
+        "confidence": 1 - alpha,
+        "method": "firth",
+        "note": f"{why}; Firth's penalised likelihood (Heinze and Schemper 2002) gives a "
+        "finite odds ratio: the interval is the profile penalised likelihood interval and "
+        "the p-value the penalised likelihood-ratio test (as R's logistf); the standard "
+        "error is model-based, from the penalised fit's information",
     }
 
 
@@ -729,18 +1097,116 @@ def _glm_sandwich(
     return factor * bread @ meat @ bread
 
 
-def _nb_dispersion(y: np.ndarray, X: np.ndarray) -> float:
-    """Maximum-likelihood NB2 dispersion ``a`` (0 when the counts are not overdispersed)."""
-    import statsmodels.api as sm
+def _nb_loglik(y: np.ndarray, mu: np.ndarray, a: float) -> float:
+    """NB2 log-likelihood with mean ``mu`` and dispersion ``a`` (Var = mu + a mu^2)."""
+    from scipy import special
 
-    poisson = sm.GLM(y, X, family=sm.families.Poisson()).fit()
+    r = 1.0 / a
+    return float(
+        (
+            special.gammaln(y + r)
+            - special.gammaln(r)
+            - special.gammaln(y + 1)
+            + r * np.log(r / (r + mu))
+            + y * np.log(mu / (r + mu))
+        ).sum()
+    )
+
+
+def _nb_dispersion(y: np.ndarray, X: np.ndarray) -> tuple[float, str | None]:
+    """Maximum-likelihood NB2 dispersion ``a`` (0 when the counts are not overdispersed),
+    and, when the first fit failed, what failed and which refit was used.
+
+    The first fit is Newton-Raphson from the Poisson coefficients with a = 0.1. On counts
+    barely more variable than Poisson ones its steps can take ``a`` below 0, where the
+    likelihood has no value ("invalid value encountered in log"), or stop at a point that
+    is not a maximum. Then, in turn: Newton from the moments estimate of ``a`` (least
+    squares of (y - mu)^2 - y on mu^2, Cameron and Trivedi 2013, 3.2); BFGS (which works on
+    log a, so ``a`` stays positive) from the same start, polished by Newton; and the
+    profile likelihood of log a maximised by Brent's method with the coefficients fitted
+    by the GLM at each a (the alternation of MASS::glm.nb), polished by Newton. A fit is
+    taken only when it converged without a warning, with ``a`` > 0 and every score below
+    1e-6 per person. When none is, the reason names every attempt."""
+    import statsmodels.api as sm
+    from scipy.optimize import minimize_scalar
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        poisson = sm.GLM(y, X, family=sm.families.Poisson()).fit()
     mu = np.asarray(poisson.mu)
     if float(((y - mu) ** 2 - y).sum()) <= 0:
-        return 0.0
-    start = np.append(np.asarray(poisson.params), 0.1)
-    nb = sm.NegativeBinomial(y, X, loglike_method="nb2").fit(
-        start_params=start, method="newton", disp=0, maxiter=200
+        return 0.0, None
+    model = sm.NegativeBinomial(y, X, loglike_method="nb2")
+    tol = 1e-6 * max(1, len(y))
+    moments = float((((y - mu) ** 2 - y) * mu**2).sum() / (mu**4).sum())
+    base = np.asarray(poisson.params)
+
+    def accept(params: np.ndarray, converged: bool) -> np.ndarray:
+        if not converged:
+            raise ValueError("did not converge")
+        if not np.isfinite(params).all() or params[-1] <= 0:
+            raise ValueError(f"ended at a = {params[-1]:.3g}")
+        if np.abs(model.score(params)).max() > tol:
+            raise ValueError("stopped where the likelihood is not at its maximum")
+        return params
+
+    def newton(start: np.ndarray) -> np.ndarray:
+        nb = model.fit(start_params=start, method="newton", disp=0, maxiter=200)
+        return accept(np.asarray(nb.params), nb.mle_retvals.get("converged", False))
+
+    def bfgs(start: np.ndarray) -> np.ndarray:
+        nb = model.fit(start_params=start, method="bfgs", disp=0, maxiter=2000)
+        if not nb.mle_retvals.get("converged", False):
+            raise ValueError("did not converge")
+        return newton(np.asarray(nb.params))
+
+    def profile() -> np.ndarray:
+        def minus(log_a: float) -> float:
+            a = math.exp(log_a)
+            fit = sm.GLM(y, X, family=sm.families.NegativeBinomial(alpha=a)).fit()
+            return -_nb_loglik(y, np.asarray(fit.mu), a)
+
+        best = minimize_scalar(
+            minus,
+            bounds=(math.log(1e-8), math.log(1e4)),
+            method="bounded",
+            options={"xatol": 1e-10},
+        )
+        a = math.exp(float(best.x))
+        fit = sm.GLM(y, X, family=sm.families.NegativeBinomial(alpha=a)).fit()
+        return newton(np.append(np.asarray(fit.params), a))
+
+    attempts = [
+        ("Newton from the Poisson coefficients with a = 0.1", lambda: newton(np.append(base, 0.1)))
+    ]
+    if moments > 0:
+        attempts.append(
+            (
+                f"Newton from the moments estimate a = {moments:.3g}",
+                lambda: newton(np.append(base, moments)),
+            )
+        )
+    start = max(moments, 0.01)
+    attempts += [
+        (f"BFGS on log a from a = {start:.3g}, then Newton", lambda: bfgs(np.append(base, start))),
+        ("the profile likelihood of a (as MASS::glm.nb), then Newton", profile),
+    ]
+    failed = []
+    for what, attempt in attempts:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            try:
+                params = attempt()
+            except (Warning, ValueError, np.linalg.LinAlgError) as exc:
+                failed.append(f"{what}: {str(exc).splitlines()[0]}")
+                continue
+        if not failed:
+            return float(params[-1]), None
+        return float(params[-1]), (
+            "the negative binomial dispersion was refitted: "
+            + "; ".join(failed)
+            + f"; {what} converged"
+        )
+    raise ValueError(
+        "the negative binomial likelihood could not be maximised (tried " + "; ".join(failed) + ")"
     )
-    if not nb.mle_retvals.get("converged", False):
-        raise ValueError("the negative binomial likelihood did not converge")
-    return float(nb.params[-1])

@@ -27,6 +27,7 @@ import statsmodels.formula.api as smf
 from linearmodels import PanelOLS
 from scipy import stats
 
+from evalkit.effects import separated
 from evalkit.estimators import check_alpha, check_rank, design_matrix, estimate_effect
 
 __all__ = [
@@ -192,6 +193,12 @@ def inverse_probability_weighted(
         p_obs = np.ones(n_total)
     else:
         check_rank(X, names, "rows of the missingness model")
+        if separated(observed.astype(float), X):
+            raise ValueError(
+                "the logistic model of who has an outcome has no finite estimate: arm and "
+                "covariates predict exactly who has one for some people (separation), so the "
+                "weights would be unbounded: use fewer or coarser covariates"
+            )
         glm = sm.GLM(observed.astype(float), X, family=sm.families.Binomial()).fit()
         p_obs = np.asarray(glm.fittedvalues, dtype=float)
         if not glm.converged or not np.all(np.isfinite(p_obs)):
@@ -397,9 +404,16 @@ def multiple_imputation(
                 f"every observed {outcome!r} is {y_obs[0]:g}; a 0/1 outcome needs both values "
                 "observed to impute"
             )
-        glm = sm.GLM(y_obs, X_obs, family=sm.families.Binomial()).fit()
+        if separated(y_obs, X_obs):  # the draws would be 0 or 1 whatever the data say
+            raise ValueError(
+                "the logistic imputation model has no finite estimate: among the people with "
+                "an outcome, arm and covariates predict it exactly for some (separation)"
+            )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # non-convergence is checked next
+            glm = sm.GLM(y_obs, X_obs, family=sm.families.Binomial()).fit()
         if not glm.converged or not np.all(np.isfinite(glm.bse)):
-            raise ValueError("the logistic imputation model did not converge (separation?)")
+            raise ValueError("the logistic imputation model did not converge")
         params, cov = np.asarray(glm.params), np.asarray(glm.cov_params())
 
     estimates, variances, dfs = [], [], []

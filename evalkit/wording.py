@@ -62,10 +62,10 @@ def _checks(outcome: Mapping[str, Any], alpha: float) -> list[tuple[str, float]]
     if outcome.get("primary_analysis") == "registered_model" and m and "p_value" in m:
         out.append((f"the registered {m['model'].replace('_', ' ')} model", m["p_value"]))
     ri = outcome.get("randomisation_inference")
-    if ri:
+    if ri and "p_value" in ri:  # not when it could not be run (not_estimable)
         out.append(("randomisation inference", ri["p_value"]))
     wcb = outcome.get("wild_cluster_bootstrap")
-    if wcb:
+    if wcb and "p_value" in wcb:
         out.append(("the wild cluster bootstrap", wcb["p_value"]))
     return out
 

@@ -491,5 +491,6 @@ def test_ratio_model_refuses() -> None:
     with pytest.raises(ValueError, match="must be one of"):
         ratio_model(d.y, d.X, "probit")
     separated = d.X[:, 1].copy()  # the outcome is the treatment itself
-    with pytest.raises(ValueError, match=r"[Ss]eparation"):
-        ratio_model(separated, d.X, "logistic")
+    clustered = _ratio_design(True, "contacts")
+    with pytest.raises(ValueError, match=r"perfect separation.*clustering by place"):
+        ratio_model(separated, clustered.X, "logistic", clustered.clusters)

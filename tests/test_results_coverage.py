@@ -56,6 +56,11 @@ fields and the test that covers each (tests in this file unless a file is named)
   test_registration_and_protocol_are_carried_into_results
 - ``provenance`` numbers (registered_version, log_entries): test_provenance_counts
 - ``alpha``: test_provenance_counts (equals the protocol's)
+- what degenerate data produce (Firth's ``method``/``note`` in ``odds_ratio`` and
+  ``registered_model``, the negative binomial's ``refit``, ``covariates_dropped``,
+  ``binary`` ``*_not_estimable``, ``not_estimable`` in ``hedges_g``, ``costs``,
+  ``randomisation_inference``, ``wild_cluster_bootstrap``): test_degenerate_data.py
+  (Firth against R's logistf, the refitted negative binomial against MASS::glm.nb)
 """
 
 from __future__ import annotations
