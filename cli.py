@@ -462,6 +462,11 @@ def history(app: App, pilot: str, as_json: bool) -> None:
             click.echo(f"  {Change.from_dict(c)}")
 
 
+def _fmt(x: float | None, spec: str) -> str:
+    """A number for the terminal, or a dash where results.json holds none."""
+    return "—" if x is None else format(x, spec)
+
+
 def _today() -> str:
     from datetime import date
 
@@ -1393,17 +1398,21 @@ def analyse(app: App, pilot: str, exploratory: bool, as_of: str | None, as_json:
         click.echo(f"  not estimable: {p.get('not_estimable')}")
     else:
         click.echo(
-            f"  effect {e['estimate']:.4g} (SE {e['std_error']:.4g}, {e['se_type']}, "
-            f"df {e['df']:.4g}), p = {e['p_value']:.3g}, {level}% CI "
-            f"{e['conf_low']:.4g} to {e['conf_high']:.4g}; n = {e['n']}"
+            f"  effect {_fmt(e['estimate'], '.4g')} (SE {_fmt(e['std_error'], '.4g')}, "
+            f"{e['se_type']}, df {_fmt(e['df'], '.4g')}), p = {_fmt(e['p_value'], '.3g')}, "
+            f"{level}% CI {_fmt(e['conf_low'], '.4g')} to {_fmt(e['conf_high'], '.4g')}; "
+            f"n = {e['n']}"
         )
         ri, wcb = p.get("randomisation_inference"), p.get("wild_cluster_bootstrap")
-        if ri:
+        for name, check in (("randomisation inference", ri), ("wild cluster bootstrap", wcb)):
+            if check and check.get("p_value") is None:
+                click.echo(f"  {name}: not run ({check.get('not_estimable', 'no p-value')})")
+        if ri and ri.get("p_value") is not None:
             click.echo(f"  randomisation inference ({ri['design']}): p = {ri['p_value']:.3g}")
-        if wcb:
+        if wcb and wcb.get("p_value") is not None:
             click.echo(
                 f"  wild cluster bootstrap: p = {wcb['p_value']:.3g}, {level}% CI "
-                f"{wcb['conf_low']:.4g} to {wcb['conf_high']:.4g}"
+                f"{_fmt(wcb.get('conf_low'), '.4g')} to {_fmt(wcb.get('conf_high'), '.4g')}"
             )
         m = p.get("registered_model")
         if m and "estimate" in m:
@@ -1412,18 +1421,20 @@ def analyse(app: App, pilot: str, exploratory: bool, as_of: str | None, as_json:
             )
             click.echo(
                 f"  {m['model'].replace('_', ' ')} model{primary}: {m['scale']} "
-                f"{m['estimate']:.3g}, {level}% CI {m['conf_low']:.3g} to "
-                f"{m['conf_high']:.3g}, p = {m['p_value']:.3g} ({m['se_type']})"
+                f"{_fmt(m['estimate'], '.3g')}, {level}% CI {_fmt(m['conf_low'], '.3g')} "
+                f"to {_fmt(m['conf_high'], '.3g')}, p = {_fmt(m['p_value'], '.3g')} "
+                f"({m['se_type']})"
             )
         click.echo(f"  Bayesian reading: {p['bayes']['words']}")
     for s in res["secondary"]:
         if s["effect"]:
             click.echo(
-                f"  secondary {s['outcome']}: {s['effect']['estimate']:.4g}, adjusted "
-                f"p = {s['adjusted_p_value']:.3g} ({s['multiplicity']})"
+                f"  secondary {s['outcome']}: {_fmt(s['effect']['estimate'], '.4g')}, "
+                f"adjusted p = {_fmt(s.get('adjusted_p_value'), '.3g')} "
+                f"({s.get('multiplicity', 'none')})"
             )
     for item in res["not_run"]:
-        click.echo(f"  not run (not built yet): {item}")
+        click.echo(f"  not run: {item}")
     click.echo(f"wrote {path}")
 
 
