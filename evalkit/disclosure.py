@@ -13,6 +13,13 @@ cells are withheld until no hidden cell has only one possible whole value (secon
 suppression). A hidden cell that nothing bounds from above (a total whose every part is
 hidden too) has infinitely many possible values: it is protected, not an error.
 
+Some counts are never printed but can be worked out from figures that are: the people
+with and without an outcome in each arm (from its rates), and the people analysed in each
+arm for a secondary outcome (from the standard errors of its rates or standardised
+effect). Each outcome's such counts form a group: the figures are published whole or
+withheld whole, so either every count of the group is known exactly or the reader knows
+nothing of any of them but that it is a whole number (status "unpublished").
+
 Percentages and rates whose numerator or denominator is suppressed are withheld too.
 """
 
@@ -26,8 +33,9 @@ from typing import Any
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, linprog, milp
 
-PRIMARY = "primary"
-SECONDARY = "secondary"
+PRIMARY = "primary"  # 1 to threshold - 1, printed "fewer than N"
+SECONDARY = "secondary"  # threshold or more, printed "withheld"
+UNPUBLISHED = "unpublished"  # never printed: its group's figures are withheld
 
 
 @dataclass(frozen=True)
@@ -58,12 +66,23 @@ class Table:
 
     ``public`` cells are printed (or given away, e.g. by a t-test's degrees of freedom)
     whatever their status, so secondary suppression withholds one only when nothing else
-    protects a small count."""
+    protects a small count. ``groups`` are counts never printed but worked out from
+    figures published or withheld together (see the module's docstring)."""
 
     cells: dict[str, int] = field(default_factory=dict)
     identities: list[Identity] = field(default_factory=list)
     limits: list[Limit] = field(default_factory=list)
     public: set[str] = field(default_factory=set)
+    groups: list[tuple[str, ...]] = field(default_factory=list)
+
+    def group(self, names: Iterable[str]) -> None:
+        """Counts whose figures are published or withheld together."""
+        names = tuple(n for n in names if n in self.cells)
+        if names:
+            self.groups.append(names)
+
+    def group_of(self, name: str) -> tuple[str, ...] | None:
+        return next((g for g in self.groups if name in g), None)
 
     def add(self, name: str, value: int | float | None, public: bool = False) -> None:
         if value is not None:
@@ -104,8 +123,8 @@ def ranges(
     """What a reader can work out about each hidden cell: its smallest and largest whole
     value given the shown cells, the identities and limits, and what the labels say (a
     count shown as "fewer than N" is 1 to N - 1; a withheld count is N or more, since
-    zeros and small counts are never withheld). The largest is ``math.inf`` when nothing
-    bounds the cell from above."""
+    zeros and small counts are never withheld; an unpublished one is any whole number).
+    The largest is ``math.inf`` when nothing bounds the cell from above."""
     out: dict[str, tuple[float, float]] = {}
     for names, relations in _components(status, [*identities, *limits]):
         out.update(_component_ranges(cells, names, relations, status, threshold))
@@ -264,7 +283,8 @@ def _component_problem(
 
     eq, eq_rhs = matrix(True)
     ge, ge_rhs = matrix(False)
-    lo = np.array([1.0 if status[n] == PRIMARY else float(threshold) for n in names])
+    floor = {PRIMARY: 1.0, SECONDARY: float(threshold), UNPUBLISHED: 0.0}
+    lo = np.array([floor[status[n]] for n in names])
     hi = np.array([threshold - 1.0 if status[n] == PRIMARY else np.inf for n in names])
     return _Problem(eq, eq_rhs, ge, ge_rhs, lo, hi)
 
@@ -373,23 +393,50 @@ class _Pinned:
 
 
 def suppress(table: Table, threshold: int) -> dict[str, str]:
-    """Which cells to hide and why: {cell: "primary" | "secondary"}.
+    """Which cells to hide and why: {cell: "primary" | "secondary" | "unpublished"}.
 
-    Primary: every count from 1 to ``threshold`` - 1. Zeros are shown: "nobody" identifies
-    no one, and hiding them would only make the rest easier to bound (a reader who knows
-    that withheld cells are never small would read a withheld zero back at once).
-    Secondary: while a hidden cell can be recovered, withhold one (or two) more shown
-    cells of the sums that tie it to the page (see ``_choose``). Public cells are withheld
-    only when nothing else is left.
-    """
-    status = {n: PRIMARY for n, v in table.cells.items() if 0 < v < threshold}
+    Primary: every count from 1 to ``threshold`` - 1. Zeros are shown: "nobody"
+    identifies no one, and hiding them would only make the rest easier to bound (a reader
+    who knows that withheld cells are never small would read a withheld zero back at
+    once). A group of derived counts with a hidden one in it is unpublished whole.
+    Secondary: while a hidden count that matters can be recovered, withhold one (or two)
+    more shown cells of the sums that tie it to the page (see ``_choose``); a derived
+    count is withheld by unpublishing its group. Public cells are withheld only when
+    nothing else is left. What matters: every printed hidden count, and an unpublished
+    one from 1 to ``threshold`` - 1."""
+    small = [n for n, v in table.cells.items() if 0 < v < threshold]
+    status = {n: PRIMARY for n in small if table.group_of(n) is None}
+    status = _withhold(table, status, [n for n in small if table.group_of(n) is not None])
     pinned = _Pinned(table, threshold)
     for _ in range(len(table.cells) + 1):
-        found = pinned(status)
+        found = _exposed(table, pinned, status)
         if not found:
             return status
-        status.update(dict.fromkeys(_choose(table, status, pinned, found[0]), SECONDARY))
+        status = _withhold(table, status, _choose(table, status, pinned, found[0]))
     raise AssertionError("secondary suppression did not converge")
+
+
+def _withhold(table: Table, status: Mapping[str, str], names: Iterable[str]) -> dict[str, str]:
+    """``status`` with ``names`` withheld: a derived count by unpublishing its whole
+    group, any other as secondary."""
+    out = dict(status)
+    for n in names:
+        group = table.group_of(n)
+        if group is None:
+            out.setdefault(n, SECONDARY)
+        else:
+            out.update(dict.fromkeys(group, UNPUBLISHED))
+    return out
+
+
+def _exposed(table: Table, pinned: _Pinned, status: Mapping[str, str]) -> list[str]:
+    """Hidden counts a reader could recover that must not be: any printed one, and any
+    unpublished one from 1 to the threshold less one."""
+    return [
+        n
+        for n in pinned(status)
+        if status[n] != UNPUBLISHED or 0 < table.cells[n] < pinned.threshold
+    ]
 
 
 def _choose(table: Table, status: dict[str, str], pinned: _Pinned, target: str) -> list[str]:
@@ -410,7 +457,9 @@ def _choose(table: Table, status: dict[str, str], pinned: _Pinned, target: str) 
             for r in rels:
                 big, _ = _sides(r)
                 for m in _members(r):
-                    if m in status or table.cells[m] == 0 or (m in table.public) != public:
+                    if m in status or (m in table.public) != public:
+                        continue
+                    if table.cells[m] == 0 and table.group_of(m) is None:
                         continue
                     only_total[m] = only_total.get(m, True) and m in big
             if not only_total:
@@ -419,7 +468,7 @@ def _choose(table: Table, status: dict[str, str], pinned: _Pinned, target: str) 
             def score(
                 ms: tuple[str, ...], only_total: dict[str, bool] = only_total
             ) -> tuple[bool, int, int, int, tuple[str, ...]]:
-                after = pinned({**status, **dict.fromkeys(ms, SECONDARY)})
+                after = _exposed(table, pinned, _withhold(table, status, ms))
                 return (
                     target in after,
                     len(after),
@@ -456,6 +505,8 @@ class Shown:
             return f"{self.table.cells[name]:,}"
         if self.hidden[name] == PRIMARY:
             return f"fewer than {self.threshold}"
+        if self.hidden[name] == UNPUBLISHED:
+            return "not published"
         return "withheld"
 
     def is_hidden(self, name: str) -> bool:
@@ -538,6 +589,7 @@ def _outcome_cells(t: Table, o: Mapping[str, Any], results: Mapping[str, Any]) -
             t.add(f"{name}.{arm}.events", b[f"events_{side}"])
             t.add(f"{name}.{arm}.non_events", b[f"n_{side}"] - b[f"events_{side}"])
             t.relate(n, [f"{name}.{arm}.events", f"{name}.{arm}.non_events"])
+    t.group(_derived(name, o, analysed))
     effect = o.get("effect")
     if effect and effect.get("n") is not None:
         t.add(f"{name}.n", effect["n"], public=True)
@@ -551,18 +603,35 @@ def _outcome_cells(t: Table, o: Mapping[str, Any], results: Mapping[str, Any]) -
             t.bound(f"{name}.n", levels)
 
 
+def _derived(name: str, o: Mapping[str, Any], analysed: Iterable[str]) -> list[str]:
+    """The counts of an outcome that are never printed but follow from its published
+    figures: with and without the outcome in each arm (its rates), and for a secondary
+    outcome the people analysed in each arm (the standard errors of its rates or of its
+    standardised effect). The primary outcome's analysed are printed CONSORT boxes."""
+    cells = [f"{name}.{arm}.{c}" for arm in analysed for c in ("events", "non_events")]
+    if not o.get("primary"):
+        cells += [f"{name}.{arm}.analysed" for arm in analysed]
+    return cells
+
+
 def _treated(results: Mapping[str, Any]) -> str:
     return next(a["name"] for a in results["arms"] if not a.get("control"))
 
 
-def rates_hidden(results: Mapping[str, Any], outcome: str, counts: Shown) -> bool:
-    """Whether an outcome's rates must be withheld: a rate times the number analysed gives
-    the events (or, from the other side, the people without the outcome)."""
-    return any(
-        counts.is_hidden(f"{outcome}.{a['name']}.{cell}")
-        for a in results["arms"]
-        for cell in ("events", "non_events")
+def figures_hidden(results: Mapping[str, Any], outcome: str, counts: Shown) -> bool:
+    """Whether an outcome's figures must be withheld: its rates and the measures built on
+    them (a rate times the number analysed gives the events, or from the other side the
+    people without the outcome), and the standard errors of its standardised effect
+    (which give the numbers analysed in each arm)."""
+    o = next(
+        (x for x in [results["primary"], *results.get("secondary", [])] if x["outcome"] == outcome),
+        {"outcome": outcome},
     )
+    arms = [a["name"] for a in results["arms"]]
+    return any(counts.is_hidden(c) for c in _derived(outcome, o, arms))
+
+
+rates_hidden = figures_hidden  # the name the wording and older callers use
 
 
 def lost_hidden(results: Mapping[str, Any], counts: Shown) -> bool:
@@ -576,6 +645,46 @@ def starts_hidden(results: Mapping[str, Any], counts: Shown) -> bool:
     """Whether the share who started must be withheld: it would give the few who did not
     start away."""
     return counts.is_hidden(f"arm.{_treated(results)}.did_not_start")
+
+
+def attrition_hidden(results: Mapping[str, Any], counts: Shown) -> bool:
+    """Whether attrition percentages (overall, by arm, the observed share of the missing-
+    data analysis) must be withheld: times the arm's size they give the lost, so they go
+    when any box they rest on is hidden."""
+    return any(
+        counts.is_hidden(f"arm.{a['arm']}.{box}")
+        for a in results["consort"]["arms"]
+        for box in ("randomised", "analysed", "lost_to_follow_up", "not_yet_due")
+    )
+
+
+def flow_hidden(counts: Shown) -> bool:
+    """Whether any CONSORT box is hidden: then the number of entries in the allocation
+    log (one per person assessed, plus each withdrawal, start and note) is withheld, and
+    the row counts of the outcome files, which could stand in for a box."""
+    return any(
+        counts.is_hidden(n)
+        for n in counts.table.cells
+        if n in ("assessed", "excluded", "randomised") or n.startswith(("arm.", "excluded."))
+    )
+
+
+def cost_totals_hidden(results: Mapping[str, Any], counts: Shown) -> bool:
+    """Whether total costs must be withheld: a total over the cost per person is the
+    number offered the new support."""
+    return counts.is_hidden(f"arm.{_treated(results)}.randomised")
+
+
+def recruitment_hidden(counts: Shown) -> bool:
+    """Whether recruitment per month must be withheld: over a month or so it is the
+    number randomised."""
+    return counts.is_hidden("randomised")
+
+
+def subgroup_hidden(outcome: str, subgroup: str, level: str, counts: Shown) -> bool:
+    """Whether a subgroup level's effect row must be withheld: its degrees of freedom,
+    beside the other levels' n and df, give its number of people away."""
+    return counts.is_hidden(f"{outcome}.subgroup.{subgroup}.{level}")
 
 
 def shown(results: Mapping[str, Any], exact: bool = False) -> Shown:

@@ -7,6 +7,8 @@ value. A label is read the way a reader would read it: "fewer than N" is 1 to N 
 (zeros are shown); "withheld" is any count a page would not otherwise show as a number
 or as "fewer than N", so 0 or N and over. That "or" is modelled exactly with a 0/1
 variable, so nothing the module assumes about which cells it withholds is taken on trust.
+"not published" is a count no page prints and no published figure gives (an outcome's
+events when its rates are withheld): any whole number.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ def parse_label(label: str, threshold: int) -> int | str:
         return "small"
     if text == "withheld":
         return "withheld"
+    if text == "not published":
+        return "unknown"
     raise ValueError(f"not a count label: {label!r}")
 
 
@@ -77,7 +81,7 @@ def attack(
         a = np.zeros(size)
         a[col[k]], a[n_x + j] = 1.0, -BIG
         constraints.append(LinearConstraint(a[None, :], -np.inf, 0))
-    lo = [1 if read[k] == "small" else 0 for k in hidden] + [0] * n_z
+    lo = [1 if read[k] == "small" else 0 for k in hidden] + [0] * n_z  # unknown: 0 to BIG
     hi = [threshold - 1 if read[k] == "small" else BIG for k in hidden] + [1] * n_z
     out = {}
     for k, i in col.items():

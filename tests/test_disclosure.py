@@ -14,7 +14,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from evalkit.disclosure import PRIMARY, SECONDARY, Table, determined, ranges, shown, suppress
+from evalkit.disclosure import (
+    PRIMARY,
+    SECONDARY,
+    Table,
+    determined,
+    ranges,
+    rates_hidden,
+    shown,
+    suppress,
+)
 from tests.attack import reader_relations, recoverable
 from tests.test_wording import _results
 
@@ -156,7 +165,10 @@ def test_rates_are_withheld_when_the_events_are_a_small_count():
     r = _planted()
     r["primary"]["binary"].update(events_control=6, control_rate=6 / 196, n_control=196)
     counts = shown(r)
-    assert counts.count("in_work.usual.events") == "fewer than 10"
+    # events are never printed: with the rates withheld nothing gives them, or the
+    # people without the outcome, away
+    assert counts.count("in_work.usual.events") == "not published"
+    assert counts.count("in_work.usual.non_events") == "not published"
     assert counts.share("in_work.usual.events", "in_work.usual.analysed") is None
     # 6 of 196 rounds to "3 in every 100", which with 196 shown would pin the 6 down
     from evalkit.wording import headline
@@ -235,13 +247,25 @@ def _labels(counts) -> dict[str, str]:
     return {name: counts.count(name) for name in counts.table.cells}
 
 
+def _disclosed(r, counts) -> dict[str, int]:
+    """Hidden counts the independent attack recovers that matter: any count a page prints
+    as "fewer than N" or "withheld", and any count from 1 to N - 1 at all (recovering an
+    unpublished 0, or the 20 analysed for an outcome in an arm of 20, discloses nothing)."""
+    labels = _labels(counts)
+    equal, at_most = reader_relations(r)
+    return {
+        n: v
+        for n, v in recoverable(labels, equal, at_most, counts.threshold).items()
+        if labels[n] != "not published" or 0 < v < counts.threshold
+    }
+
+
 def test_a_37_person_pilot_with_7_excluded_can_be_reported():
     r = _pilot_37()
     counts = shown(r)  # raised OverflowError: secondary cells had no upper bound
     labels = _labels(counts)
     assert labels["excluded"] == labels["excluded.reason.0"] == "fewer than 10"
-    equal, at_most = reader_relations(r)
-    assert recoverable(labels, equal, at_most, 10) == {}
+    assert _disclosed(r, counts) == {}
     # the one cell that gives the 7 away by subtraction is the assessed total, not the
     # number randomised: 37 people took part, on every page
     assert labels["randomised"] == "37"
@@ -389,11 +413,23 @@ def test_no_small_pilot_breaks_suppression_or_leaves_a_count_recoverable(r):
     t = counts.threshold
     labels = _labels(counts)
     for name, value in counts.table.cells.items():
-        if 0 < value < t:
-            assert labels[name] == f"fewer than {t}", name
-        elif labels[name] == "withheld":
+        if labels[name] == "withheld":
             assert value >= t, name  # zeros and small counts are never merely withheld
-    equal, at_most = reader_relations(r)
-    assert recoverable(labels, equal, at_most, t) == {}
+        if 0 < value < t:
+            assert labels[name] in (f"fewer than {t}", "not published"), name
+    # counts no page prints (events, non-events, a secondary outcome's analysed) are
+    # either all known exactly, because the outcome's rates and standard errors are
+    # published, or none is, because they are all withheld
+    for o in [r["primary"], *r["secondary"]]:
+        derived = [n for n in labels if n.startswith(o["outcome"] + ".")]
+        derived = [n for n in derived if n.endswith(("events", "non_events"))]
+        if not o["primary"]:
+            derived += [f"{o['outcome']}.{a}.analysed" for a in ("usual", "keyworker")]
+        unpublished = [labels[n] == "not published" for n in derived]
+        assert all(unpublished) or not any(unpublished), o["outcome"]
+        assert rates_hidden(r, o["outcome"], counts) == any(unpublished)
+        if not any(unpublished):
+            assert all(not 0 < counts.table.cells[n] < t for n in derived)
+    assert _disclosed(r, counts) == {}
     exact = shown(r, exact=True)
     assert all(exact.count(n) == f"{v:,}" for n, v in exact.table.cells.items())
