@@ -1489,6 +1489,45 @@ def report(
 
 
 @cli.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option(
+    "--templates",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Folder with your own copies of templates, as for report.",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace DIRECTORY even though evalkit publish did not write it (its files are "
+    "deleted). A folder a previous publish wrote is replaced without it.",
+)
+@pass_app
+def publish(app: App, directory: Path, templates: Path | None, force: bool) -> None:
+    """Write the folder to put on a website: for every analysed pilot its summary and
+    technical report (rendered afresh, counts suppressed) and results.published.json (what
+    the pages show, as data), and index.html. Never results.json, learning.json, the
+    store or any data file. Written whole or not at all.
+
+    Example: evalkit publish site
+    """
+    from evalkit.publish import publish as do_publish
+
+    done = do_publish(app.workspace.root, directory, templates, force)
+    if done.replaced == "previous publish":
+        click.echo(f"replaced the previous publish in {done.folder}")
+    elif done.replaced == "other folder":
+        click.echo(f"replaced {done.folder} and deleted what was in it (--force)")
+    for path in done.files:
+        click.echo(f"wrote {path}")
+    n = len(done.pilots)
+    click.echo(
+        f"published {n} pilot{'s' * (n != 1)} to {done.folder}: put this folder on the "
+        "website as it is"
+    )
+
+
+@cli.command()
 @click.argument("pilot")
 @click.option("--json", "as_json", is_flag=True, help="Print learning.json to the screen.")
 @pass_app

@@ -392,7 +392,9 @@ def cace(
     unknown = int(treated_rows["started"].isna().sum())
     if len(treated_rows) == 0 or unknown:
         return {
-            "not_estimable": f"receipt is not recorded for {unknown} people in the {arms[1]} arm",
+            # no count here: the reason is printed on the published pages
+            "not_estimable": "receipt (started or did not start) is not recorded for "
+            f"everyone analysed in the {arms[1]} arm",
             "compliance": a.compliance,
         }
     if not treated_rows["started"].astype(bool).any():

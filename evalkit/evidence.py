@@ -60,8 +60,11 @@ def _ceiling(value: float, table: tuple[tuple[float, int], ...]) -> int:
     return next((padlocks for limit, padlocks in table if value < limit), 0)
 
 
-def rate(results: Mapping[str, Any]) -> dict[str, Any]:
-    """The rating with its reasons: {"padlocks", "words", "reasons": [...]}."""
+def rate(results: Mapping[str, Any], withhold_attrition: bool = False) -> dict[str, Any]:
+    """The rating with its reasons: {"padlocks", "words", "reasons": [...]}.
+
+    ``withhold_attrition``: say the attrition band's effect but not the percentage, which
+    times the number randomised would give a hidden count of people lost away."""
     primary = results["primary"]
     if not primary.get("effect"):
         return {
@@ -121,7 +124,12 @@ def rate(results: Mapping[str, Any]) -> dict[str, Any]:
     reasons.append(
         {
             "criterion": "attrition",
-            "finding": f"{attrition:.0f}% of the people randomised have no primary outcome",
+            "finding": (
+                "some of the people randomised have no primary outcome (the share is "
+                f"withheld: it would give a count under {threshold} away)"
+                if withhold_attrition
+                else f"{attrition:.0f}% of the people randomised have no primary outcome"
+            ),
             "ceiling": _ceiling(attrition, ATTRITION_CEILINGS),
             "value": attrition,
         }

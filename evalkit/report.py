@@ -13,6 +13,7 @@ import contextlib
 import importlib.util
 import json
 import math
+import re
 import shutil
 import subprocess
 import tempfile
@@ -23,7 +24,17 @@ from typing import Any
 import jinja2
 
 from evalkit import charts, evidence, wording
-from evalkit.disclosure import Shown, lost_hidden, rates_hidden, shown, starts_hidden
+from evalkit.disclosure import (
+    Shown,
+    attrition_hidden,
+    cost_totals_hidden,
+    flow_hidden,
+    lost_hidden,
+    rates_hidden,
+    shown,
+    starts_hidden,
+    subgroup_hidden,
+)
 from evalkit.errors import UserError
 from evalkit.workspace import write_atomically
 
@@ -243,7 +254,7 @@ def summary_context(
         "arms": {"control": control, "treated": treated},
         "headline": wording.headline(results, counts),
         "how_sure": wording.how_sure(results),
-        "rating": evidence.rate(results),
+        "rating": evidence.rate(results, attrition_hidden(results, counts)),
         "progression": wording.progression(results, counts),
         "costs": wording.costs(results),
         "consort_svg": consort_svg,
@@ -287,22 +298,44 @@ def technical_context(
         else None
     )
     ctx["mdes"] = evidence.minimum_detectable_sd(results["primary"], results["alpha"])
+    # named by the outcomes that were adjusted: one that could not be estimated (a survey
+    # never returned) has no adjusted p-value and no method
+    ctx["multiplicity"] = next(
+        (o["multiplicity"] for o in results.get("secondary", []) if o.get("multiplicity")),
+        None,
+    )
     ctx.update(withheld(results, counts))
+    cace = results["primary"].get("cace") or {}
+    ctx["cace_reason"] = _no_count(cace.get("not_estimable"))
     return ctx
+
+
+def _no_count(reason: str | None) -> str | None:
+    """A count of people has no place in a printed reason (it is not disclosure-
+    controlled): older results.json files said how many had no receipt recorded."""
+    if reason is None:
+        return None
+    return re.sub(
+        r"receipt is not recorded for \d+ people in the (\S+) arm",
+        r"receipt (started or did not start) is not recorded for everyone analysed in the \1 arm",
+        reason,
+    )
 
 
 def withheld(results: Mapping[str, Any], counts: Shown) -> dict[str, Any]:
     """What the technical report must not print because a small count could be worked
     back from it: an outcome's unadjusted rates and the measures built on them (a rate
-    times the number analysed gives the events), the people with a baseline category in
-    an arm (a proportion times the arm's size), the share observed when the few lost are
-    hidden, and the compliance rate when the few who did not start are hidden."""
+    times the number analysed gives the events) and the standard errors of its
+    standardised effect (they give the numbers analysed in each arm), the people with a
+    baseline category in an arm (a proportion times the arm's size), the share observed
+    when the few lost are hidden, the compliance rate when the few who did not start are
+    hidden, attrition
+    percentages when a box they rest on is hidden, the size of the allocation log and of
+    each outcome file when a CONSORT box is hidden, total costs when the number offered
+    the new support is hidden, and the effect rows of subgroup levels with few people
+    (their degrees of freedom give the number away)."""
     outcomes = [results["primary"], *results.get("secondary", [])]
-    small_outcomes = {
-        o["outcome"]
-        for o in outcomes
-        if o.get("binary") and rates_hidden(results, o["outcome"], counts)
-    }
+    small_outcomes = {o["outcome"] for o in outcomes if rates_hidden(results, o["outcome"], counts)}
     small_balance = set()
     if not counts.exact:
         for i, b in enumerate(results.get("balance", [])):
@@ -320,13 +353,24 @@ def withheld(results: Mapping[str, Any], counts: Shown) -> dict[str, Any]:
         "small_balance": small_balance,
         "lost_hidden": lost_hidden(results, counts),
         "starts_hidden": starts_hidden(results, counts),
+        "attrition_hidden": attrition_hidden(results, counts),
+        "flow_hidden": flow_hidden(counts),
+        "cost_totals_hidden": cost_totals_hidden(results, counts),
+        "small_subgroups": {
+            (s["subgroup"], lv["level"])
+            for s in results["primary"].get("subgroups") or []
+            for lv in s["levels"]
+            if subgroup_hidden(results["primary"]["outcome"], s["subgroup"], lv["level"], counts)
+        },
     }
 
 
 def chain_view(
     results: Mapping[str, Any], learning: Mapping[str, Any] | None
 ) -> dict[str, Any] | None:
-    """The test-learn-adapt chain this pilot belongs to, in words, from learning.json."""
+    """The test-learn-adapt chain this pilot belongs to, in words, from learning.json.
+    Each iteration's number of people is shown as "fewer than N" under the threshold."""
+    threshold = _threshold(results)
     earlier = (results.get("protocol") or {}).get("iteration_of")
     if not learning:
         return {"earlier": earlier, "learning": None} if earlier else None
@@ -341,7 +385,7 @@ def chain_view(
                 "estimate": wording.amount(outcome, it["estimate"]),
                 "interval": f"{wording.amount(outcome, it['conf_low'])} to "
                 f"{wording.amount(outcome, it['conf_high'])}",
-                "n": it["n"],
+                "n": f"{it['n']:,}" if not 0 < it["n"] < threshold else f"fewer than {threshold}",
                 "changes": [
                     f"{c['path']}: {c.get('old')} → {c.get('new')}"
                     for c in it.get("changes_from_previous") or []
@@ -361,6 +405,12 @@ def chain_view(
         "reading": steps[-1]["words"] if steps else None,
         "next": learning["next_iteration"]["statement"],
     }
+
+
+def _threshold(results: Mapping[str, Any]) -> int:
+    return int(
+        ((results.get("protocol") or {}).get("reporting") or {}).get("suppression_threshold", 10)
+    )
 
 
 def headline_line(results: Mapping[str, Any]) -> str:
@@ -424,7 +474,13 @@ def load_learning(analyses: Path, pilot: str) -> dict[str, Any] | None:
     beside the chain's latest iteration), or None."""
     found = []
     for path in sorted(analyses.glob("*/learning.json")):
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise UserError(
+                f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})",
+                f"run evalkit learn {path.parent.name} again",
+            ) from None
         if any(it.get("pilot") == pilot for it in doc.get("chain", [])):
             found.append(doc)
     return max(found, key=lambda d: len(d["chain"])) if found else None
@@ -439,15 +495,7 @@ def write_reports(
     """Write summary.html and technical.html for one pilot, then refresh the index."""
     results = load_results(analyses, pilot)
     learning = load_learning(analyses, pilot)
-    env = environment(templates)
-    pages = {
-        "summary.html": env.get_template("summary.html.j2").render(
-            **summary_context(results, learning)
-        ),
-        "technical.html": env.get_template("technical.html.j2").render(
-            **technical_context(results, learning, exact_counts)
-        ),
-    }
+    pages = render_pages(environment(templates), results, learning, exact_counts)
     written = []
     for name, html in pages.items():
         path = analyses / pilot / name
@@ -457,11 +505,44 @@ def write_reports(
     return written
 
 
+def render_pages(
+    env: jinja2.Environment,
+    results: Mapping[str, Any],
+    learning: Mapping[str, Any] | None,
+    exact_counts: bool = False,
+) -> dict[str, str]:
+    """One pilot's summary.html and technical.html, as text."""
+    return {
+        "summary.html": env.get_template("summary.html.j2").render(
+            **summary_context(results, learning)
+        ),
+        "technical.html": env.get_template("technical.html.j2").render(
+            **technical_context(results, learning, exact_counts)
+        ),
+    }
+
+
+def render_index(
+    env: jinja2.Environment, entries: Sequence[Mapping[str, Any]], published: bool = False
+) -> str:
+    """index.html: the analyses folder's (for the evaluator), or a published folder's."""
+    return env.get_template("index.html.j2").render(**index_context(entries), published=published)
+
+
 def pilot_entry(analyses: Path, folder: Path) -> dict[str, Any] | None:
     path = folder / "results.json"
     if not path.exists():
         return None
     results = json.loads(path.read_text(encoding="utf-8"))
+    return index_entry(
+        results, (folder / "summary.html").exists(), (folder / "technical.html").exists()
+    )
+
+
+def index_entry(
+    results: Mapping[str, Any], summary: bool, technical: bool, results_file: str | None = None
+) -> dict[str, Any]:
+    """One pilot's row of the index (``results_file``: a published results file to link)."""
     rating = evidence.rate(results)
     return {
         "id": results["pilot"]["id"],
@@ -472,8 +553,9 @@ def pilot_entry(analyses: Path, folder: Path) -> dict[str, Any] | None:
         "headline": headline_line(results),
         "padlocks": rating["padlocks"],
         "rating_words": rating["words"],
-        "summary": (folder / "summary.html").exists(),
-        "technical": (folder / "technical.html").exists(),
+        "summary": summary,
+        "technical": technical,
+        "results_file": results_file,
         "synthetic": is_synthetic(results),
     }
 
@@ -485,7 +567,7 @@ def write_index(analyses: Path, templates: Path | None = None) -> Path:
         for folder in sorted(p for p in analyses.iterdir() if p.is_dir())
         if (e := pilot_entry(analyses, folder)) is not None
     ]
-    html = environment(templates).get_template("index.html.j2").render(**index_context(pilots))
+    html = render_index(environment(templates), pilots)
     path = analyses / "index.html"
     write_atomically(path, html)
     return path

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from evalkit.disclosure import Shown, lost_hidden, rates_hidden, starts_hidden
+from evalkit.disclosure import Shown, lost_hidden, rates_hidden, recruitment_hidden, starts_hidden
 
 HELPS = "helps"
 HARMS = "makes things worse"
@@ -339,12 +339,12 @@ def progression(results: Mapping[str, Any], counts: Shown) -> list[dict[str, Any
         value = c["value"]
         shown = None
         if value is not None:
-            if c["metric"] == "recruitment_per_month":
-                shown = f"{value:.0f} a month"
-            elif _safe_share(c["metric"], results, counts):
-                shown = f"{value * 100:.0f}%"
-            else:
+            if not _safe_share(c["metric"], results, counts):
                 shown = f"withheld (it rests on fewer than {counts.threshold} people)"
+            elif c["metric"] == "recruitment_per_month":
+                shown = f"{value:.0f} a month"
+            else:
+                shown = f"{value * 100:.0f}%"
         fmt = (
             (lambda x: f"{x:g} a month")
             if c["metric"] == "recruitment_per_month"
@@ -363,12 +363,15 @@ def progression(results: Mapping[str, Any], counts: Shown) -> list[dict[str, Any
 
 
 def _safe_share(metric: str, results: Mapping[str, Any], counts: Shown) -> bool:
-    """A percentage is published only if the people behind its complement are not a
-    hidden count (95% retained of 40 would reveal the 2 lost)."""
+    """A value is published only if the people behind it are not a hidden count: 95%
+    retained of 40 would reveal the 2 lost, and recruitment per month over a month or so
+    is the number randomised."""
     if metric == "retention":
         return not lost_hidden(results, counts)
     if metric == "adherence":
         return not starts_hidden(results, counts)
+    if metric == "recruitment_per_month":
+        return not recruitment_hidden(counts)
     return True
 
 

@@ -382,3 +382,32 @@ def test_a_primary_outcome_that_could_not_be_estimated_is_said_plainly(demo_repo
     assert "The primary effect could not be estimated" in _page(
         ws, "demo-estates", "technical.html"
     )
+
+
+def test_a_37_person_pilot_is_reported_with_and_without_exact_counts(tmp_path):
+    """Issue 11: 44 assessed, 7 excluded, 37 randomised, built through the CLI; report
+    died in disclosure.determined (a hidden total with no upper bound), and then in the
+    technical report (the first secondary outcome, a survey never imported, had no
+    multiplicity to name)."""
+    from datetime import date
+
+    from tests.attack import consort_from_page, consort_relations, recoverable
+    from tests.small_pilot import pilot_37, run
+
+    built = pilot_37(tmp_path / "ws")
+    results = json.loads((built.ws / "analyses" / "pilot37" / "results.json").read_text())
+    c = results["consort"]
+    assert (c["assessed"], c["excluded"]["total"], c["randomised"]) == (44, 7, 37)
+    day = date(2028, 6, 1)
+    run(built.ws, day, "report", "pilot37", "--exact-counts")
+    exact = _page(built.ws, "pilot37", "technical.html")
+    assert "Internal: this copy shows exact counts" in exact
+    run(built.ws, day, "report", "pilot37")
+    summary = _page(built.ws, "pilot37", "summary.html")
+    technical = _page(built.ws, "pilot37", "technical.html")
+    assert "Do not publish it" not in technical
+    seen = consort_from_page(summary, {"Usual support": "usual", "Key worker": "keyworker"})
+    assert seen["excluded"] == "fewer than 10" and seen["randomised"] == "37"
+    assert recoverable(seen, consort_relations(["usual", "keyworker"]), [], 10) == {}
+    for raw in built.raw_ids:
+        assert raw not in summary and raw not in technical
