@@ -1330,23 +1330,23 @@ def estimate(
             f"(from {res['comparison_from']})"
         )
     click.echo(
-        f"effect of {res['term']} on {outcome}: {res['estimate']:.4g} "
-        f"(SE {res['std_error']:.4g}, {res['se_type']}, df {res['df']:.4g}), "
-        f"p = {res['p_value']:.3g}, {level}% CI {res['conf_low']:.4g} to "
-        f"{res['conf_high']:.4g}; n = {res['n']}"
+        f"effect of {res['term']} on {outcome}: {_fmt(res['estimate'], '.4g')} "
+        f"(SE {_fmt(res['std_error'], '.4g')}, {res['se_type']}, "
+        f"df {_fmt(res['df'], '.4g')}), p = {_fmt(res['p_value'], '.3g')}, {level}% CI "
+        f"{_fmt(res['conf_low'], '.4g')} to {_fmt(res['conf_high'], '.4g')}; n = {res['n']}"
         + (f", {res['clusters']} clusters" if res.get("clusters") else "")
     )
     if "ri_p_value" in res:
         kind = "exact, all" if res["ri_exact"] else "sampled"
         click.echo(
             f"randomisation inference ({kind} {res['ri_draws']} assignments, "
-            f"statistic {res['ri_statistic']}): p = {res['ri_p_value']:.3g}"
+            f"statistic {res['ri_statistic']}): p = {_fmt(res['ri_p_value'], '.3g')}"
         )
     if "wcb_p_value" in res:
         click.echo(
             f"wild cluster bootstrap ({res['wcb_draws']} draws, {res['wcb_weights']} "
-            f"weights): p = {res['wcb_p_value']:.3g}, {level}% CI "
-            f"{res['wcb_conf_low']:.4g} to {res['wcb_conf_high']:.4g}"
+            f"weights): p = {_fmt(res['wcb_p_value'], '.3g')}, {level}% CI "
+            f"{_fmt(res['wcb_conf_low'], '.4g')} to {_fmt(res['wcb_conf_high'], '.4g')}"
         )
 
 

@@ -537,6 +537,12 @@ def estimate_effect(
     V, df = estimator.cov(design.X, resid, M, design.clusters, basis=basis)
     table = _table(design.names, beta, V, df, alpha)
     row = table.loc[treatment]
+    if not (np.isfinite(row["std_error"]) and row["std_error"] > 0):
+        raise ValueError(
+            "the effect has no standard error on these data: the outcome does not vary "
+            "within the arms (everyone analysed has the same value, or the model fits "
+            "every person exactly)"
+        )
     return Effect(
         term=treatment,
         estimate=float(row["estimate"]),

@@ -132,4 +132,8 @@ def estimate(
             )
         return out
     except ValueError as exc:
-        raise UserError(str(exc)) from None
+        raise UserError(
+            str(exc),
+            "check the columns named with --outcome, --treatment, --covariates and "
+            "--cluster (a two-arm comparison at a time: --arms COMPARISON,TREATED)",
+        ) from None

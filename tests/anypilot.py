@@ -84,6 +84,11 @@ class Run:
     rates: dict[str, dict[str, float]] = field(default_factory=dict)
     imported: dict[str, date] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    typed_ids: set[str] = field(default_factory=set)  # every raw id typed, people or not
+    backdated: bool = False
+    extra_excluded: int = 0  # referrals typed by the attacks and recorded as excluded
+    uk_dates: set[str] = field(default_factory=set)  # agencies whose files write dd/mm/yyyy
+    send_excluded: bool = False  # agency files also hold people who were excluded
 
     @property
     def ws(self) -> Path:
@@ -122,9 +127,9 @@ class Run:
             self.fail("a traceback was printed", out)
         if res.exit_code == 1 and "hint" not in out and not _verify_failure(args, out):
             self.fail("exit 1 without a hint", out)
-        for p in self.people:
-            if p.raw_id in out:
-                self.fail(f"a raw identifier ({p.raw_id}) was printed", out)
+        for raw in self.typed_ids | {p.raw_id for p in self.people}:
+            if raw in out:
+                self.fail(f"a raw identifier ({raw}) was printed", out)
         wanted = {ok} if isinstance(ok, int) else ok
         if wanted is not None and res.exit_code not in wanted:
             self.fail(f"exit code {res.exit_code}, expected {sorted(wanted)}", out)
@@ -391,11 +396,14 @@ def make_people(r: Run) -> None:
     span = max(1, (add_months(start, int(months)) - start).days - 1)
     used: set[str] = set()
     share_ineligible = rnd.choice([0.0, 0.1, 0.3])
+    outside = rnd.choice([0.0, 0.0, 0.05])  # a benefit the protocol does not list (PIP)
     codes = [pl[r.place_field] for pl in r.places] if r.place_level else []
     people = []
     for _ in range(n):
         eligible = rnd.random() >= share_ineligible
         values = _values(rnd, p, eligible)
+        if rnd.random() < outside:
+            values["benefit"], eligible = "PIP", False
         if codes:
             values[r.place_field] = rnd.choice(codes)
         people.append(
@@ -574,7 +582,7 @@ def make_rates(r: Run) -> None:
 def outcome_files(r: Run, as_of: date, never: set[str]) -> dict[str, Path]:
     """Each agency's file as it stands on ``as_of``: records dated up to then only; some
     people never answer a survey; outcomes of agencies in ``never`` are not sent at all."""
-    people = [x for x in r.people if x.arm]
+    people = [x for x in r.people if x.arm or (r.send_excluded and x.enrolled)]
     by_name = {o["name"]: o for o in r.protocol["outcomes"]}
     out = {}
     for src in r.protocol.get("imports", []):
@@ -586,6 +594,8 @@ def outcome_files(r: Run, as_of: date, never: set[str]) -> dict[str, Path]:
             for c in src["columns"]:
                 o = by_name[c["outcome"]]
                 for rec in _records(o, c, person, r.rates[o["name"]], as_of):
+                    if src["source"] in r.uk_dates:
+                        rec = {k: _uk(v) for k, v in rec.items()}
                     rows.append({id_col: person.raw_id, **rec})
         header = [id_col] + [
             col
@@ -597,6 +607,13 @@ def outcome_files(r: Run, as_of: date, never: set[str]) -> dict[str, Path]:
             path = r.folder / "data" / f"{src['source']}-{as_of}.csv"
             out[src["source"]] = _write_csv(path, rows, header)
     return out
+
+
+def _uk(text: str) -> str:
+    """A YYYY-MM-DD cell as a UK agency writes it (01/02/2027 is 1 February)."""
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+        return date.fromisoformat(text).strftime("%d/%m/%Y")
+    return text
 
 
 def _records(
@@ -656,18 +673,13 @@ def import_outcomes(r: Run, day: date, never: set[str]) -> None:
     if as_of < r.people[0].day:
         return
     for source, path in outcome_files(r, as_of, never).items():
-        res = r.cli(
-            "outcomes",
-            "import",
-            r.name,
-            str(path),
-            "--source",
-            source,
-            "--as-of",
-            as_of.isoformat(),
-            at=day,
-            ok=None,
-        )
+        args = ["outcomes", "import", r.name, str(path), "--source", source]
+        args += ["--as-of", as_of.isoformat()]
+        if source in r.uk_dates:
+            if r.rnd.random() < 0.3:  # forgetting the format: refused, with the option named
+                r.refused(*args, at=day, needle="--date-format %d/%m/%Y")
+            args += ["--date-format", "%d/%m/%Y"]
+        res = r.cli(*args, at=day, ok=None)
         if res.exit_code != 0:
             r.fail(f"a well-formed {source} file was refused", res.output)
         r.imported[source] = as_of
@@ -784,6 +796,9 @@ def read_only_commands(r: Run, day: date) -> None:
     doc = json.loads(r.cli("status", r.name, "--json", at=day).output)
     if doc["consort"]["randomised"] != sum(1 for x in r.people if x.arm):
         r.fail("status counts a different number randomised than the CLI allocated")
+    assessed = sum(1 for x in r.people if x.enrolled) + r.extra_excluded
+    if doc["consort"]["assessed"] != assessed:
+        r.fail(f"status counts {doc['consort']['assessed']} assessed, the CLI typed {assessed}")
     r.cli("followup", r.name, "--json", at=day)
     for what in ("analysis", "allocations", "outcomes"):
         r.cli("export", r.name, "--what", what, at=day)
@@ -797,13 +812,22 @@ def read_only_commands(r: Run, day: date) -> None:
 # --- bad input ------------------------------------------------------------------------
 
 
+def _with(values: dict[str, str], name: str, value: str) -> list[str]:
+    out: list[str] = []
+    for k, v in {**values, name: value}.items():
+        out += ["--set", f"{k}={v}"]
+    return out
+
+
 def _maybe_attack(r: Run, day: date) -> None:
     """Now and then, type something wrong; it must be refused whole, with a hint."""
     rnd = r.rnd
     if rnd.random() > 0.35:
         return
-    someone = rnd.choice(r.people)
-    base = ["enrol", r.name, "--unit-id", f"ZX{rnd.randint(0, 99999):05d}"]
+    someone = rnd.choice([x for x in r.people if x.values.get("benefit") in BENEFITS])
+    stranger = f"ZX{rnd.randint(0, 99999):05d}"
+    r.typed_ids.add(stranger)
+    base = ["enrol", r.name, "--unit-id", stranger]
     sets: list[str] = []
     for k, v in someone.values.items():
         sets += ["--set", f"{k}={v}"]
@@ -820,6 +844,8 @@ def _maybe_attack(r: Run, day: date) -> None:
             "event-date",
             "as-of",
             "followup-as-of",
+            "case-slip",
+            "outside-levels",
         ]
     )
     future = day + timedelta(days=rnd.randint(1, 400))
@@ -854,8 +880,22 @@ def _maybe_attack(r: Run, day: date) -> None:
         )
     elif attack == "as-of":
         r.refused("analyse", r.name, "--as-of", day.strftime("%Y/%m/%d"), at=day)
-    else:
+    elif attack == "followup-as-of":
         r.refused("followup", r.name, "--as-of", day.strftime("%d/%m/%Y"), at=day)
+    elif attack == "case-slip":
+        slipped = [*base, *_with(someone.values, "benefit", someone.values["benefit"].lower())]
+        r.refused(*slipped, "--date", day.isoformat(), at=day, needle="did you mean")
+    else:  # a benefit the protocol does not list: assessed and excluded, never an error
+        before = r.state()
+        args = [*base, *_with(someone.values, "benefit", "PIP"), "--date", day.isoformat()]
+        res = r.cli(*args, "--json", at=day)
+        doc = json.loads(res.output)
+        if doc.get("kind") != "exclusion" or r.state()[0] != before[0] + 1:
+            r.fail(
+                "a referral on a benefit outside the levels was not recorded as excluded",
+                res.output,
+            )
+        r.extra_excluded += 1
 
 
 # --- the whole run --------------------------------------------------------------------
@@ -884,16 +924,21 @@ def _run_pilot(seed: int, folder: Path) -> Run:
     make_protocol(r)
     make_people(r)
     make_rates(r)
+    sources = [s["source"] for s in r.protocol.get("imports", [])]
+    r.uk_dates = {s for s in sources if r.rnd.random() < 0.25}
+    r.send_excluded = r.rnd.random() < 0.3
+    never = {s for s in sources if r.rnd.random() < 0.2}
     r.ws.mkdir(parents=True, exist_ok=True)
     register(r)
     allocate_places(r)
     enrol_people(r)
+    backdated_referral(r)
     events(r)
-    last = r.people[-1].day
+    change_the_plan(r)
+    first, last = min(x.day for x in r.people), max(x.day for x in r.people)
     windows = [o["window"]["months"] for o in r.protocol["outcomes"]]
     finished = add_months(last, max(windows)) + timedelta(days=60)
-    never = {s["source"] for s in r.protocol.get("imports", []) if r.rnd.random() < 0.2}
-    first_due = add_months(r.people[0].day, min(windows))
+    first_due = add_months(first, min(windows))
     moments = sorted(
         {
             last + timedelta(days=1),  # before any outcome is due
@@ -905,4 +950,148 @@ def _run_pilot(seed: int, folder: Path) -> Run:
         import_outcomes(r, day, never)
         analyse_and_report(r, day)
         read_only_commands(r, day)
+    files_and_estimate(r, finished)
+    if r.protocol["reporting"]["blinded"] and r.rnd.random() < 0.5:
+        why = "follow-up ended; analysis plan locked"
+        r.cli("event", r.name, "--type", "unblinded", "--reason", why, at=finished)
+        r.cli("status", r.name, at=finished)
+    if r.template == "individual" and r.rnd.random() < 0.12:
+        next_iteration(r, finished + timedelta(days=30))
+    publish(r, finished + timedelta(days=400))
     return r
+
+
+def backdated_referral(r: Run) -> None:
+    """Now and then a paper referral from before registration, entered with its reason."""
+    if r.design == "stepped_wedge" or r.rnd.random() > 0.1:
+        return
+    rnd = r.rnd
+    template = next(x for x in r.people if x.eligible)
+    person = Person(
+        _raw_id(rnd, {x.raw_id for x in r.people}),
+        dict(template.values),
+        True,
+        r.registered - timedelta(days=rnd.randint(1, 60)),
+    )
+    entered = r.registered + timedelta(days=rnd.randint(0, 20))
+    args = ["enrol", r.name, "--unit-id", person.raw_id, "--date", person.day.isoformat()]
+    for k, v in person.values.items():
+        args += ["--set", f"{k}={v}"]
+    r.refused(*args, at=entered, needle="--backdate")
+    why = "paper referral from the launch event"
+    res = r.cli(*args, "--backdate", "--reason", why, "--json", at=entered)
+    person.arm, person.enrolled = json.loads(res.output).get("arm"), True
+    r.people.append(person)
+    r.backdated = True
+
+
+def change_the_plan(r: Run) -> None:
+    """Sometimes the plan changes: recorded with `amend`, or first tried unrecorded (then
+    the registered analysis refuses and an exploratory one is labelled so)."""
+    roll = r.rnd.random()
+    if roll > 0.25:
+        return
+    day = max(x.day for x in r.people) + timedelta(days=1)
+    path = r.ws / "protocols" / f"{r.name}.yaml"
+    original = path.read_text(encoding="utf-8")
+    changed = yaml.safe_load(original)
+    o = next(o for o in changed["outcomes"] if not o.get("primary"))
+    o["minimal_important_difference"] = round(o["minimal_important_difference"] * 1.5, 4)
+    changed["version"] = "1.1"
+    path.write_text(yaml.safe_dump(changed, sort_keys=False), encoding="utf-8")
+    r.cli("check", r.name, at=day, ok=1)
+    if roll < 0.08:  # not recorded: nothing registered runs on it
+        r.refused("analyse", r.name, at=day, needle="amend")
+        r.cli("analyse", r.name, "--exploratory", at=day, ok={0, 1})
+        path.write_text(original, encoding="utf-8")
+        r.cli("check", r.name, at=day)
+        return
+    r.cli("amend", r.name, "--reason", "MID agreed with DWP", at=day)
+    r.cli("check", r.name, at=day)
+    r.cli("history", r.name, "--json", at=day)
+    r.protocol = changed
+
+
+def files_and_estimate(r: Run, day: date) -> None:
+    """Exports write what their extension says (or refuse), and `estimate` on the export
+    compares the arms the way the pilot registered them."""
+    folder = r.folder / "exports"
+    folder.mkdir(exist_ok=True)
+    xlsx, csv_path = folder / "analysis.xlsx", folder / "analysis.csv"
+    r.cli("export", r.name, "--what", "analysis", "--out", str(xlsx), at=day)
+    from openpyxl import load_workbook
+
+    sheet = load_workbook(xlsx, read_only=True).worksheets[0]
+    randomised = sum(1 for x in r.people if x.arm)
+    if sum(1 for _ in sheet.iter_rows()) != randomised + 1:
+        r.fail("the .xlsx export does not hold one row per randomised person")
+    r.refused("export", r.name, "--out", str(folder / "analysis.txt"), at=day, needle=".csv")
+    if (folder / "analysis.txt").exists():
+        r.fail("a refused export left a file behind")
+    r.cli("export", r.name, "--what", "analysis", "--out", str(csv_path), at=day)
+    primary = next(o["name"] for o in r.protocol["outcomes"] if o.get("primary"))
+    args = ["estimate", str(csv_path), "--outcome", primary, "--treatment", "arm"]
+    res = r.cli(*args, at=day, ok={0, 1})
+    plain = len(r.arms) == 2 and not r.protocol["reporting"]["blinded"]
+    if res.exit_code == 0 and plain and f"compared with {r.arms[0]}" not in res.output:
+        r.fail("estimate on the pilot's own export did not compare with its first arm", res.output)
+    missing = r.folder / "no-such-folder" / "evalkit.db"
+    r.refused("--store", f"sqlite:///{missing}", "status", r.name, at=day)
+    if missing.parent.exists():
+        r.fail("a store URL in a missing folder created the folder")
+
+
+def next_iteration(r: Run, day: date) -> None:
+    """The pilot adapted and run again (init --from), then learned across (learn)."""
+    name = f"{r.name}-2"
+    r.cli("init", name, "--from", r.name, at=day)
+    path = r.ws / "protocols" / f"{name}.yaml"
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data["start_date"] = day + timedelta(days=7)
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    r2 = Run(r.seed, r.folder / "iteration-2", random.Random(f"{r.seed}/2"))
+    r2.folder.mkdir()
+    (r2.folder / "ws").symlink_to(r.ws)
+    r2.name, r2.template, r2.protocol, r2.registered = name, r.template, data, day
+    r2.typed_ids = r.typed_ids | {x.raw_id for x in r.people}
+    make_people(r2)
+    make_rates(r2)
+    r2.cli("register", name, at=day)
+    enrol_people(r2)
+    windows = [o["window"]["months"] for o in data["outcomes"]]
+    done = add_months(max(x.day for x in r2.people), max(windows)) + timedelta(days=60)
+    import_outcomes(r2, done, set())
+    analyse_and_report(r2, done)
+    res = r2.cli("learn", name, at=done, ok={0, 1})
+    if res.exit_code == 0 and not (r.ws / "analyses" / name / "learning.json").exists():
+        r2.fail("learn wrote no learning.json")
+    r2.cli("report", "--all", at=done)
+
+
+def publish(r: Run, day: date) -> None:
+    """The folder for the website: the pages and a results file, nothing with a small
+    count, no identifier."""
+    site = r.folder / "site"
+    if not r.analysed:
+        r.cli("publish", str(site), at=day, ok=1)
+        return
+    r.cli("publish", str(site), at=day)
+    names = {p.name for p in site.rglob("*") if p.is_file()}
+    if names - {"index.html", "summary.html", "technical.html", "results.published.json"}:
+        r.fail(f"publish wrote more than the pages and results: {sorted(names)}")
+    store = Store.open(r.store_url)
+    try:
+        pseudonyms = {
+            e.unit
+            for pilot in store.pilot_ids()
+            for e in store.log_entries(pilot)
+            if e.level == "participant" and e.unit
+        }
+    finally:
+        store.close()
+    raw = r.typed_ids | {x.raw_id for x in r.people}
+    for f in site.rglob("*"):
+        if f.is_file():
+            text = f.read_text(encoding="utf-8")
+            if any(token in text for token in pseudonyms | raw):
+                r.fail(f"an identifier or pseudonym reached the published {f.name}")

@@ -47,6 +47,32 @@ def _isolated_keys(tmp_path_factory, monkeypatch):
     return keys
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _seeded_secrets():
+    """Registration draws each pilot's secret from the operating system; in the suite it
+    comes from the pilot's id and registration time instead, so that no test depends on a
+    draw it did not seed: the same test makes the same allocations (and the same
+    randomisation p-values) on every run and whichever tests run with it. A test that
+    replaces evalkit.keys.secrets itself keeps its own secrets."""
+    import hashlib
+    import secrets
+    from unittest import mock
+
+    import evalkit.keys
+    from evalkit.keys import KeyRing
+
+    real = KeyRing.create
+
+    def create(self, pilot_id, uid, created_at, secret=None):
+        if secret is None and evalkit.keys.secrets is secrets:
+            seed = f"evalkit test secret/{pilot_id}/{created_at}"
+            secret = hashlib.sha256(seed.encode()).digest()
+        return real(self, pilot_id, uid, created_at, secret)
+
+    with mock.patch.object(KeyRing, "create", create):
+        yield
+
+
 @pytest.fixture
 def key_dir(_isolated_keys) -> Path:
     return _isolated_keys
