@@ -16,8 +16,10 @@ and then, each in a fresh Python process so that its peak resident memory is its
   would write by hand; it ignores the blocks, so it is not the registered design).
 
 R's ri2 and randomizr (the peer) are not in Debian and CRAN is not reachable here; with
---old-code DIR (a checkout of an earlier evalkit) the `analyse` and RI steps are also run
-on that code in the same run. Prints one table: measure, seconds, peak RSS (whole process).
+--old-code DIR (a checkout of an earlier evalkit, e.g. `git archive 06ca6ce | tar -x -C DIR`)
+the `analyse` and RI steps are also run on that code in the same run (its minimisation
+redraws, one Python draw at a time, only for 100 draws at the smaller sizes). Prints one
+table: measure, seconds, peak RSS (whole process).
 """
 
 from __future__ import annotations
@@ -126,7 +128,9 @@ def child_analyse(where: dict) -> str:
     from evalkit.store import Store
 
     store = Store.open(where["url"])
-    _, res = run(store, KeyRing(Path(where["keys"])), Path(where["ws"]), where["pilot"], TODAY, False)
+    _, res = run(
+        store, KeyRing(Path(where["keys"])), Path(where["ws"]), where["pilot"], TODAY, False
+    )
     ri = res["primary"]["randomisation_inference"]
     return f"RI p {ri['p_value']:.4f}, {ri['draws']} draws"
 
@@ -163,7 +167,7 @@ def child_ri(where: dict) -> str:
     protocol, entries, columns, y, t, strata = _ri_inputs(where)
     Z = np.column_stack([np.ones(y.size)] + [strata == s for s in np.unique(strata)[1:]])
     start = time.perf_counter()
-    r = redraw(protocol, entries, "keyworker", DRAWS, seed=20271124)
+    r = redraw(protocol, entries, "keyworker", where.get("draws", DRAWS), seed=20271124)
     source = r.chunks(columns) if hasattr(r, "chunks") else r.treated[:, columns]
     test = randomisation_test(y, Z.astype(float), t, source, "estimate", r.exact)
     return f"p {test.p_value:.4f} in {time.perf_counter() - start:.2f} s of the step"
@@ -235,11 +239,24 @@ def main() -> None:
                 where = build(root, f"{design}-{n}", n, edits)
                 for label, code in codes:
                     for what in ("analyse", "ri"):
-                        s, rss, note = run_child(what, where, code)
-                        rows.append((f"{label} {what}, {design}, {n:,} people", s, rss, note))
+                        run = dict(where)
+                        if design == "minimisation" and label == "old evalkit":
+                            if what == "analyse" or n > 2000:
+                                continue  # one Python draw at a time: hours; time 100 draws
+                            run["draws"] = 100
+                        s, rss, note = run_child(what, run, code)
+                        draws = run.get("draws", DRAWS)
+                        rows.append(
+                            (
+                                f"{label} {what}, {design}, {n:,} people, {draws:,} draws",
+                                s,
+                                rss,
+                                note,
+                            )
+                        )
                 if design == "blocked" and not args.skip_baseline:
                     s, rss, note = run_child("numpy", where, REPO)
-                    rows.append((f"numpy baseline, {n:,} people", s, rss, note))
+                    rows.append((f"numpy baseline, {n:,} people, {DRAWS:,} draws", s, rss, note))
     header = ("measure", "seconds", "peak RSS", "note")
     table = [
         (m, "-" if s is None else f"{s:.1f}", "-" if r is None else f"{r:.0f} MB", note)
