@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -62,7 +62,9 @@ class Redraws:
     group: int
     make: Callable[[int, np.ndarray], np.ndarray] = field(repr=False, compare=False)
 
-    def chunks(self, columns: Sequence[int] | None = None, rows: int | None = None):
+    def chunks(
+        self, columns: Sequence[int] | np.ndarray | None = None, rows: int | None = None
+    ) -> Iterator[np.ndarray]:
         """The draws in order, for the people at ``columns`` (all people by default), in
         blocks of at most ``rows`` draws (by default one generator group per block). The
         draws are the same whatever ``rows`` is."""
@@ -153,7 +155,7 @@ def redraw(protocol: Protocol, entries: list[Entry], arm: str, draws: int, seed:
             got = minimisation_draws(codes, n_levels, weights, ratios, d.probability, rows, rng)
             return (got[:, cols] == k).view(np.int8)
 
-        how = f"minimisation re-run {draws} times in the order of arrival"
+        how = f"minimisation design re-run {draws} times in the order of arrival"
         return Redraws(units, draws, False, how, MINIMISATION_GROUP, make)
     if d.method == "complete":
         batches: dict[int, list[int]] = {}
