@@ -505,7 +505,7 @@ def _ri(
             d.y,
             np.delete(d.X, 1, axis=1),
             t,
-            r.treated[:, columns],
+            r.chunks(columns),  # a group of draws at a time: never draws x people at once
             plan.statistic,
             r.exact,
             d.clusters,

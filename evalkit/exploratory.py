@@ -12,7 +12,11 @@ import pandas as pd
 
 from evalkit.errors import UserError
 from evalkit.estimators import design_matrix, estimate_effect
-from evalkit.inference import complete_within_blocks, randomisation_test, wild_cluster_bootstrap
+from evalkit.inference import (
+    complete_within_blocks_chunks,
+    randomisation_test,
+    wild_cluster_bootstrap,
+)
 
 NOTE = "exploratory: not a registered analysis"
 COMPARISON_COLUMN = "comparison_arm"  # written by `export --what analysis` (unblinded)
@@ -109,7 +113,9 @@ def estimate(
         t = d.X[:, 1]
         if ri_draws:
             blocks_arr = None if d.blocks is None else d.blocks.to_numpy()
-            assignments, exact = complete_within_blocks(t, blocks_arr, d.clusters, ri_draws, rng)
+            assignments, exact = complete_within_blocks_chunks(
+                t, blocks_arr, d.clusters, ri_draws, rng
+            )
             rt = randomisation_test(
                 d.y, np.delete(d.X, 1, axis=1), t, assignments, ri_statistic, exact, d.clusters
             )

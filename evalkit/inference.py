@@ -30,6 +30,7 @@ __all__ = [
     "RandomisationTest",
     "WildBootstrap",
     "complete_within_blocks",
+    "complete_within_blocks_chunks",
     "randomisation_test",
     "wild_cluster_bootstrap",
 ]
@@ -290,8 +291,25 @@ def complete_within_blocks(
     their cluster's draw. When the design has at most ``draws`` distinct assignments they are
     all enumerated (exact=True; 8 places with 4 treated give 70), else ``draws`` are sampled
     uniformly with replacement (exact=False). Returns a (B, n) int8 array: 10,000 draws of
-    14,000 people take 140 MB, and working memory stays in chunks of about 1,000 draws.
+    14,000 people take 140 MB; :func:`complete_within_blocks_chunks` gives the same draws
+    a chunk at a time.
     """
+    chunks, exact = complete_within_blocks_chunks(treatment, blocks, clusters, draws, rng)
+    return np.concatenate(list(chunks)), exact
+
+
+def complete_within_blocks_chunks(
+    treatment: np.ndarray,
+    blocks: np.ndarray | None,
+    clusters: np.ndarray | None,
+    draws: int,
+    rng: np.random.Generator,
+) -> tuple[Iterator[np.ndarray], bool]:
+    """The assignments of :func:`complete_within_blocks`, identical for the same generator,
+    as an iterator of (b, n) int8 chunks of about 4 million values each, and whether they
+    are an exact enumeration; randomisation_test takes the iterator as it is, so memory
+    stays a chunk x n whatever the number of draws. The draws are made (and ``rng`` used)
+    as the iterator is read."""
     if draws < 1:
         raise ValueError("draws must be at least 1")
     unit_t, unit_block, codes, clustered = _units(treatment, blocks, clusters)
@@ -299,7 +317,10 @@ def complete_within_blocks(
     members = [np.flatnonzero(unit_block == b) for b in np.unique(unit_block)]
     treated = [int(unit_t[idx].sum()) for idx in members]
     total = math.prod(math.comb(len(idx), k) for idx, k in zip(members, treated, strict=True))
-    if total <= draws:
+    exact = total <= draws
+    step = max(1, _CHUNK_ELEMENTS // max(G, 1))
+
+    def listed() -> Iterator[np.ndarray]:
         options = []
         for idx, k in zip(members, treated, strict=True):
             combos = list(itertools.combinations(range(len(idx)), k))
@@ -313,22 +334,25 @@ def complete_within_blocks(
         for idx, opt in zip(members, options, strict=True):
             stride //= opt.shape[0]
             unit[:, idx] = opt[(rows // stride) % opt.shape[0]]
-        exact = True
-    else:
-        unit = np.empty((draws, G), dtype=np.int8)
-        step = max(1, _CHUNK_ELEMENTS // max(G, 1))
+        for start in range(0, total, step):
+            yield unit[start : start + step]
+
+    def sampled() -> Iterator[np.ndarray]:
         for start in range(0, draws, step):
             stop = min(draws, start + step)
+            unit = np.empty((stop - start, G), dtype=np.int8)
             for idx, k in zip(members, treated, strict=True):
-                unit[start:stop, idx] = _sample_block(len(idx), k, stop - start, rng)
-        exact = False
-    if not clustered:
-        return unit, exact
-    out = np.empty((unit.shape[0], codes.size), dtype=np.int8)
-    step = max(1, _CHUNK_ELEMENTS // max(codes.size, 1))
-    for start in range(0, unit.shape[0], step):
-        out[start : start + step] = unit[start : start + step][:, codes]
-    return out, exact
+                unit[:, idx] = _sample_block(len(idx), k, stop - start, rng)
+            yield unit
+
+    def by_person(units: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+        rows = max(1, _CHUNK_ELEMENTS // max(codes.size, 1))
+        for unit in units:
+            for start in range(0, unit.shape[0], rows):
+                yield unit[start : start + rows][:, codes]
+
+    units = listed() if exact else sampled()
+    return (by_person(units) if clustered else units), exact
 
 
 # ---------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from evalkit.estimators import estimate_effect
 from evalkit.inference import (
     _weights,
     complete_within_blocks,
+    complete_within_blocks_chunks,
     randomisation_test,
     wild_cluster_bootstrap,
 )
@@ -62,6 +63,33 @@ def test_blocked_enumeration_and_sampling_keep_block_totals():
     sampled, exact = complete_within_blocks(treated, blocks, place, 20, rng)
     assert not exact and sampled.shape == (20, 24)
     assert (sampled[:, blocks == 0].sum(axis=1) == 6).all()
+
+
+@pytest.mark.parametrize("draws", [50, 2000])  # an exact listing (36) and sampled draws
+def test_chunked_assignments_are_those_of_the_whole_array(draws):
+    place = np.repeat(np.arange(8), 3)
+    blocks = np.repeat([0, 0, 0, 0, 1, 1, 1, 1], 3)
+    treated = np.repeat([1, 1, 0, 0, 0, 1, 0, 1], 3)
+    whole, exact = complete_within_blocks(treated, blocks, place, draws, np.random.default_rng(4))
+    chunks, chunked_exact = complete_within_blocks_chunks(
+        treated, blocks, place, draws, np.random.default_rng(4)
+    )
+    assert chunked_exact == exact == (draws >= 36)
+    assert np.array_equal(np.concatenate(list(chunks)), whole)
+
+
+def test_assignments_for_a_borough_pilot_come_a_chunk_at_a_time():
+    """14,000 people in three benefit blocks, 10,000 draws: the chunks are made as they are
+    read, each about 4 million values (4 MB), never the 140 MB of all draws at once."""
+    rng = np.random.default_rng(5)
+    blocks = rng.integers(0, 3, 14_000)
+    treated = (rng.random(14_000) < 0.5).astype(int)
+    chunks, exact = complete_within_blocks_chunks(treated, blocks, None, 10_000, rng)
+    first = [next(chunks) for _ in range(3)]
+    assert not exact and all(c.shape == (285, 14_000) and c.dtype == np.int8 for c in first)
+    for b in range(3):
+        assert (first[0][:, blocks == b].sum(axis=1) == treated[blocks == b].sum()).all()
+    assert sum(c.shape[0] for c in chunks) == 10_000 - 3 * 285
 
 
 def test_sampled_assignments_are_uniform_and_compact():
