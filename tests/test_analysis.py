@@ -424,7 +424,10 @@ def test_cace_without_covariates_is_the_wald_ratio():
     assert got["estimate"] == pytest.approx(itt / rate, rel=1e-10)
     assert got["conf_low"] < got["estimate"] < got["conf_high"]
     rows[1]["started"] = None
-    assert "not recorded for 1 people" in cace(p, rows)["not_estimable"]
+    assert (
+        "is not recorded for everyone analysed in the keyworker arm"
+        in cace(p, rows)["not_estimable"]
+    )
 
 
 def test_subgroups_give_per_level_effects_and_an_interaction_test():
