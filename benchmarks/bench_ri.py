@@ -39,6 +39,9 @@ from datetime import date, timedelta
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from bench_outcomes import FILES as OUTCOME_FILES  # noqa: E402  the same agency files
+
 NOW = "2027-04-02T09:00:00.000000Z"
 ON = "2027-04-02"
 TODAY = date(2028, 11, 24)
@@ -48,22 +51,7 @@ MINIMISATION = (
     "  method: minimisation\n  factors:\n    - field: benefit\n      weight: 1\n"
     "    - field: referral_route\n      weight: 1\n  probability: 0.8",
 )
-FILES = {  # agency -> (columns, mapping)
-    "DWP": (
-        ["nino", "spell_start", "spell_end", "off_benefit", "status_date"],
-        [
-            "in_work_13wk:start=spell_start",
-            "in_work_13wk:end=spell_end",
-            "off_benefit:value=off_benefit",
-            "off_benefit:date=status_date",
-        ],
-    ),
-    "survey": (
-        ["id", "wemwbs", "survey_date"],
-        ["wellbeing:value=wemwbs", "wellbeing:date=survey_date"],
-    ),
-    "provider": (["id", "start_date"], ["volunteering_or_training:date=start_date"]),
-}
+FILES = {source: spec[:2] for source, spec in OUTCOME_FILES.items()}  # columns, mapping
 
 
 def _agency_row(source: str, raw_id: str, rnd: random.Random) -> list:

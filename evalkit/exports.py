@@ -10,8 +10,6 @@ import csv
 import importlib.util
 import io
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
@@ -26,6 +24,7 @@ from evalkit.registration import require_registered
 from evalkit.status import is_blinded, neutral_labels
 from evalkit.store import Store
 from evalkit.tracking import track
+from evalkit.workspace import write_whole
 
 
 @dataclass(frozen=True)
@@ -208,14 +207,4 @@ def write_table(table: Table, path: Path) -> None:
         raise UserError(f"{path} is a folder", "give a file name to write")
     if not path.parent.is_dir():
         raise UserError(f"the folder {path.parent} does not exist", "create it or choose another")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
-    try:
-        writer(table, Path(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_whole(path, lambda tmp: writer(table, tmp))

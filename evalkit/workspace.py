@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,14 +55,15 @@ class Workspace:
         return path
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write a whole file or nothing: a reader (or a report) never sees half a file. The
-    file is readable like any other the user writes (not mkstemp's 0600)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_whole(path: Path, write: Callable[[Path], None]) -> None:
+    """Write a whole file or nothing: ``write`` fills a temporary file beside ``path``,
+    which then replaces it in one step, so a reader (or a report) never sees half a file
+    and a failure leaves the old file as it was. The file is readable like any other the
+    user writes (not mkstemp's 0600)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        write(Path(tmp))
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
@@ -69,3 +71,10 @@ def write_atomically(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """A text file written whole or not at all (see :func:`write_whole`), its folder made
+    if need be."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_whole(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -542,20 +542,11 @@ def events(r: Run) -> None:
             at=day,
         )
     control = r.arms[0]
-    for person in allocated:
-        if person.arm not in (None, control) and rnd.random() < 0.5:
-            kind = "started" if rnd.random() < 0.8 else "did_not_start"
-            r.cli(
-                "event",
-                r.name,
-                "--unit-id",
-                person.raw_id,
-                "--type",
-                kind,
-                "--date",
-                person.day.isoformat(),
-                at=person.day + timedelta(days=1),
-            )
+    treated = [x for x in allocated if x.arm not in (None, control)]
+    for person in rnd.sample(treated, min(len(treated), rnd.randint(0, 10))):
+        kind = "started" if rnd.random() < 0.8 else "did_not_start"
+        args = ["event", r.name, "--unit-id", person.raw_id, "--type", kind]
+        r.cli(*args, "--date", person.day.isoformat(), at=person.day + timedelta(days=1))
     if rnd.random() < 0.3:
         day = r.people[0].day
         r.cli("note", r.name, "--date", day.isoformat(), "Work Programme contract ended", at=day)
@@ -905,10 +896,13 @@ def seeded_secrets(seed: int):
     """Registration draws the pilot's secret from the operating system; here it comes from
     the seed, so that one seed always gives the same allocations and the same pilot."""
     import hashlib
+    import itertools
     from unittest import mock
 
-    def token_bytes(n: int) -> bytes:
-        return hashlib.sha256(f"any-pilot secret {seed}".encode()).digest()[:n]
+    drawn = itertools.count()
+
+    def token_bytes(n: int = 32) -> bytes:
+        return hashlib.sha256(f"any-pilot secret {seed}/{next(drawn)}".encode()).digest()[:n]
 
     return mock.patch("evalkit.keys.secrets.token_bytes", token_bytes)
 
@@ -1072,7 +1066,7 @@ def publish(r: Run, day: date) -> None:
     """The folder for the website: the pages and a results file, nothing with a small
     count, no identifier."""
     site = r.folder / "site"
-    if not r.analysed:
+    if not any((r.ws / "analyses").glob("*/results.json")):
         r.cli("publish", str(site), at=day, ok=1)
         return
     r.cli("publish", str(site), at=day)

@@ -2,7 +2,7 @@
 
 Each pilot comes from a seed (see tests/anypilot.py for what is generated and what is
 checked after every command). ``EVALKIT_FUZZ_SEED`` (default 1) and
-``EVALKIT_FUZZ_PILOTS`` (default 12) choose the pilots: pilot i has seed
+``EVALKIT_FUZZ_PILOTS`` (default 24) choose the pilots: pilot i has seed
 ``EVALKIT_FUZZ_SEED + i``, so a failure names the one seed that replays it alone with
 ``EVALKIT_FUZZ_SEED=<seed> EVALKIT_FUZZ_PILOTS=1``.
 """
@@ -16,7 +16,7 @@ import pytest
 from tests.anypilot import run_pilot
 
 FIRST = int(os.environ.get("EVALKIT_FUZZ_SEED", "1"))
-COUNT = int(os.environ.get("EVALKIT_FUZZ_PILOTS", "12"))
+COUNT = int(os.environ.get("EVALKIT_FUZZ_PILOTS", "24"))
 
 
 @pytest.mark.parametrize("seed", range(FIRST, FIRST + COUNT))
