@@ -403,16 +403,41 @@ def suppress(table: Table, threshold: int) -> dict[str, str]:
     more shown cells of the sums that tie it to the page (see ``_choose``); a derived
     count is withheld by unpublishing its group. Public cells are withheld only when
     nothing else is left. What matters: every printed hidden count, and an unpublished
-    one from 1 to ``threshold`` - 1."""
+    one from 1 to ``threshold`` - 1.
+
+    Some small counts cannot be protected by withholding others: those tied to a public
+    total (the levels of a subgroup add up to the people analysed, printed with the
+    effect). When the search gets stuck, it starts again with each such count no longer
+    printed even as "fewer than N" but as "not published", which tells a reader nothing
+    of its size."""
+    unprintable: set[str] = set()
+    while True:
+        hopeless: list[str] = []
+        try:
+            return _suppress(table, threshold, unprintable, hopeless)
+        except AssertionError:
+            first = next((n for n in hopeless if n not in unprintable), None)
+            if first is None:
+                raise
+            unprintable.add(first)  # the first count nothing could free; then try again
+
+
+def _suppress(
+    table: Table, threshold: int, unprintable: set[str], hopeless: list[str]
+) -> dict[str, str]:
     small = [n for n, v in table.cells.items() if 0 < v < threshold]
     status = {n: PRIMARY for n in small if table.group_of(n) is None}
     status = _withhold(table, status, [n for n in small if table.group_of(n) is not None])
+    status.update(dict.fromkeys(unprintable, UNPUBLISHED))
     pinned = _Pinned(table, threshold)
     for _ in range(len(table.cells) + 1):
         found = _exposed(table, pinned, status)
         if not found:
             return status
-        status = _withhold(table, status, _choose(table, status, pinned, found[0]))
+        chosen, frees = _choose(table, status, pinned, found[0])
+        if not frees:
+            hopeless.append(found[0])
+        status = _withhold(table, status, chosen)
     raise AssertionError("secondary suppression did not converge")
 
 
@@ -439,14 +464,18 @@ def _exposed(table: Table, pinned: _Pinned, status: Mapping[str, str]) -> list[s
     ]
 
 
-def _choose(table: Table, status: dict[str, str], pinned: _Pinned, target: str) -> list[str]:
-    """The next cells to withhold so that ``target`` can no longer be recovered.
+def _choose(
+    table: Table, status: dict[str, str], pinned: _Pinned, target: str
+) -> tuple[list[str], bool]:
+    """The next cells to withhold so that ``target`` can no longer be recovered, and
+    whether they free it at once.
 
     Candidates are the shown, non-zero cells of the relations that tie the target's group
     of hidden cells together (else of any relation with a hidden cell), public cells last.
     The best one frees the target, then leaves the fewest cells recoverable, then is a
     part somewhere rather than only ever a total (so headline totals survive), then is
-    the smallest. When no single cell frees the target, the best pair that does."""
+    the smallest. When no single cell frees the target, the best pair that does; when
+    none does either, the best single cell (a step towards freeing it)."""
     relations = [*table.identities, *table.limits]
     group = next(names for names, _ in _components(status, relations) if target in names)
     linked = [r for r in relations if any(m in group for m in _members(r))]
@@ -483,8 +512,9 @@ def _choose(table: Table, status: dict[str, str], pinned: _Pinned, target: str) 
                 pairs = [(a, b) for i, a in enumerate(ranked[:8]) for b in ranked[i + 1 : 8]]
                 freeing = [p for p in pairs if not score(p)[0]]
                 if freeing:
-                    return list(min(freeing, key=score))
-            return list(best)
+                    return list(min(freeing, key=score)), True
+                return list(best), False
+            return list(best), True
     raise AssertionError(f"cannot protect {target}: every related cell is hidden or zero")
 
 

@@ -1059,7 +1059,9 @@ def next_iteration(r: Run, day: date) -> None:
     res = r2.cli("learn", name, at=done, ok={0, 1})
     if res.exit_code == 0 and not (r.ws / "analyses" / name / "learning.json").exists():
         r2.fail("learn wrote no learning.json")
-    r2.cli("report", "--all", at=done)
+    res = r2.cli("report", "--all", at=done, ok={0, 1})
+    if res.exit_code == 1 and any((r.ws / "analyses").glob("*/results.json")):
+        r2.fail("report --all refused although pilots have been analysed", res.output)
 
 
 def publish(r: Run, day: date) -> None:

@@ -433,3 +433,46 @@ def test_no_small_pilot_breaks_suppression_or_leaves_a_count_recoverable(r):
     assert _disclosed(r, counts) == {}
     exact = shown(r, exact=True)
     assert all(exact.count(n) == f"{v:,}" for n, v in exact.table.cells.items())
+
+
+def _pilot_6() -> dict[str, Any]:
+    """A 6-person pilot with a threshold of 3 (found by the any-pilot generator, seed 47):
+    three benefit levels of 2 people each, whose sum is the 6 analysed printed beside
+    the effect; every CONSORT box is 3 or 0."""
+    r = _results(0.0, 0.67, 0.67, n=6, events=(0, 2))
+    r["protocol"]["reporting"]["suppression_threshold"] = 3
+    r["consort"]["assessed"] = 6
+    r["consort"]["excluded"] = {"total": 0, "reasons": {}}
+    for arm in r["consort"]["arms"]:
+        arm.update(randomised=3, analysed=3, lost_to_follow_up=0, not_yet_due=0)
+    p = r["primary"]
+    p["outcome"] = "in_work_13wk"
+    p["analysed"] = {"usual": 3, "keyworker": 3}
+    p["effect"]["n"] = 6
+    p["binary"].update(n_control=3, n_treated=3, events_control=0, events_treated=2)
+    p["subgroups"] = [
+        {
+            "subgroup": "benefit",
+            "levels": [{"level": lv, "n": 2} for lv in ("ESA", "JSA", "UC")],
+        },
+    ]
+    r["secondary"] = []
+    return r
+
+
+def test_small_counts_tied_to_a_public_total_are_not_published_and_the_report_renders():
+    """The three levels (2, 2, 2) of a subgroup add up to the 6 analysed, which the effect
+    prints: no other cell can hide them, and the search used to withhold the whole flow
+    and then stop the report ('cannot protect ...'). Now one level is "not published"
+    (nothing about its size) and the flow stays on the page."""
+    r = _pilot_6()
+    counts = shown(r)
+    labels = _labels(counts)
+    levels = [labels[f"in_work_13wk.subgroup.benefit.{lv}"] for lv in ("ESA", "JSA", "UC")]
+    assert levels.count("not published") == 1 and levels.count("fewer than 3") == 2
+    assert labels["randomised"] == labels["assessed"] == "6"
+    assert labels["arm.usual.randomised"] == labels["arm.keyworker.analysed"] == "3"
+    assert _disclosed(r, counts) == {}
+    from evalkit.report import environment, summary_context
+
+    environment().get_template("summary.html.j2").render(**summary_context(r))
