@@ -49,6 +49,7 @@ TEMPLATES = {
     "stepped-wedge": "hackney-front-door",
 }
 BENEFITS = ["ESA", "JSA", "UC"]
+WRITES = {"register", "amend", "enrol", "allocate", "event", "note", "outcomes", "places"}
 
 
 class PilotFailed(AssertionError):
@@ -133,6 +134,8 @@ class Run:
         wanted = {ok} if isinstance(ok, int) else ok
         if wanted is not None and res.exit_code not in wanted:
             self.fail(f"exit code {res.exit_code}, expected {sorted(wanted)}", out)
+        if args[0] in WRITES and self.state() not in ((), ("unregistered",)):
+            self.verified(at)  # the store verifies after every step that writes
         return res
 
     def refused(self, *args: str, at: date, needle: str | None = None) -> None:
