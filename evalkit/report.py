@@ -345,6 +345,8 @@ def withheld(results: Mapping[str, Any], counts: Shown) -> dict[str, Any]:
                 (b["mean_treated"], b["n_treated"]),
                 (b["mean_control"], b["n_control"]),
             ):
+                if mean is None:  # nobody in this arm has the variable recorded
+                    continue
                 k = round(mean * n)
                 if 0 < k < counts.threshold or 0 < n - k < counts.threshold:
                     small_balance.add(i)

@@ -476,3 +476,26 @@ def test_small_counts_tied_to_a_public_total_are_not_published_and_the_report_re
     from evalkit.report import environment, summary_context
 
     environment().get_template("summary.html.j2").render(**summary_context(r))
+
+
+def test_a_baseline_variable_nobody_in_an_arm_recorded_does_not_stop_the_report():
+    """An optional field left blank for everyone in one arm has no mean there (found by
+    the any-pilot generator, seed 108: the report stopped with a TypeError)."""
+    from evalkit.report import withheld
+
+    r = copy.deepcopy(_planted())
+    r["balance"] = [
+        {
+            "variable": "gender",
+            "level": "female",
+            "kind": "category",
+            "n_treated": 11,
+            "n_control": 0,
+            "mean_treated": 2 / 11,
+            "mean_control": None,
+            "sd_pooled": None,
+            "smd": None,
+            "flag": "not enough data",
+        }
+    ]
+    assert withheld(r, shown(r))["small_balance"] == {0}  # 2 of 11 women in one arm
