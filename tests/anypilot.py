@@ -573,9 +573,10 @@ def make_rates(r: Run) -> None:
     r.rates = out
 
 
-def outcome_files(r: Run, as_of: date, never: set[str]) -> dict[str, Path]:
+def outcome_files(r: Run, as_of: date, never: set[str]) -> dict[str, tuple[Path, bool]]:
     """Each agency's file as it stands on ``as_of``: records dated up to then only; some
-    people never answer a survey; outcomes of agencies in ``never`` are not sent at all."""
+    people never answer a survey; outcomes of agencies in ``never`` are not sent at all.
+    Each file comes with whether it holds a row of someone randomised."""
     people = [x for x in r.people if x.arm or (r.send_excluded and x.enrolled)]
     by_name = {o["name"]: o for o in r.protocol["outcomes"]}
     out = {}
@@ -583,6 +584,7 @@ def outcome_files(r: Run, as_of: date, never: set[str]) -> dict[str, Path]:
         if src["source"] in never:
             continue
         rows: list[dict[str, str]] = []
+        randomised = False
         id_col = src.get("id_column", "id")
         for person in people:
             for c in src["columns"]:
@@ -591,6 +593,7 @@ def outcome_files(r: Run, as_of: date, never: set[str]) -> dict[str, Path]:
                     if src["source"] in r.uk_dates:
                         rec = {k: _uk(v) for k, v in rec.items()}
                     rows.append({id_col: person.raw_id, **rec})
+                    randomised = randomised or person.arm is not None
         header = [id_col] + [
             col
             for c in src["columns"]
@@ -599,7 +602,7 @@ def outcome_files(r: Run, as_of: date, never: set[str]) -> dict[str, Path]:
         ]
         if rows:  # an extract has its whole header even when some columns are empty
             path = r.folder / "data" / f"{src['source']}-{as_of}.csv"
-            out[src["source"]] = _write_csv(path, rows, header)
+            out[src["source"]] = (_write_csv(path, rows, header), randomised)
     return out
 
 
@@ -666,11 +669,11 @@ def import_outcomes(r: Run, day: date, never: set[str]) -> None:
     as_of = day - timedelta(days=r.rnd.randint(0, 7))
     if as_of < r.people[0].day:
         return
-    for source, path in outcome_files(r, as_of, never).items():
+    for source, (path, randomised) in outcome_files(r, as_of, never).items():
         args = ["outcomes", "import", r.name, str(path), "--source", source]
         args += ["--as-of", as_of.isoformat()]
         if source in r.uk_dates:
-            if r.rnd.random() < 0.3:  # forgetting the format: refused, with the option named
+            if randomised and r.rnd.random() < 0.3:  # forgetting the format: refused
                 r.refused(*args, at=day, needle="--date-format %d/%m/%Y")
             args += ["--date-format", "%d/%m/%Y"]
         res = r.cli(*args, at=day, ok=None)
