@@ -23,12 +23,15 @@ seed and the commands run so far, so it can be replayed alone.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import html as htmllib
 import json
 import random
 import re
 import traceback
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -41,7 +44,7 @@ from cli import cli
 from evalkit.derivation import add_months
 from evalkit.results import check_results
 from evalkit.store import Store
-from tests.conftest import REPO, travel
+from tests.conftest import PG_URL, REPO, _pg_schema_url, travel
 
 TEMPLATES = {
     "individual": "hackney-keyworker",
@@ -90,6 +93,7 @@ class Run:
     extra_excluded: int = 0  # referrals typed by the attacks and recorded as excluded
     uk_dates: set[str] = field(default_factory=set)  # agencies whose files write dd/mm/yyyy
     send_excluded: bool = False  # agency files also hold people who were excluded
+    pg_url: str | None = None  # a PostgreSQL store (a schema of its own) instead of SQLite
 
     @property
     def ws(self) -> Path:
@@ -97,7 +101,7 @@ class Run:
 
     @property
     def store_url(self) -> str:
-        return f"sqlite:///{self.ws / 'evalkit.db'}"
+        return self.pg_url or f"sqlite:///{self.ws / 'evalkit.db'}"
 
     # -- running commands --------------------------------------------------------------
 
@@ -105,6 +109,7 @@ class Run:
         shown = "\n".join(self.log[-12:])
         raise PilotFailed(
             f"any-pilot seed {self.seed} ({self.template}, {self.design}, "
+            f"{'PostgreSQL' if self.pg_url else 'SQLite'}, "
             f"{len(self.arms)} arms, {len(self.people)} people): {what}\n"
             f"reproduce: EVALKIT_FUZZ_SEED={self.seed} EVALKIT_FUZZ_PILOTS=1 "
             f"python3 -m pytest tests/test_any_pilot.py\n"
@@ -114,7 +119,8 @@ class Run:
     def cli(self, *args: str, at: date, ok: set[int] | int | None = 0) -> Any:
         """Run `evalkit ARGS` with the clock at noon on ``at``; check the promises every
         command keeps, and the exit code when ``ok`` says which are right."""
-        full = ["--workspace", str(self.ws), *args]
+        store = ["--store", self.pg_url] if self.pg_url and args[0] != "--store" else []
+        full = ["--workspace", str(self.ws), *store, *args]
         self.log.append(f"[{at}] evalkit {' '.join(args)}")
         with travel(datetime(at.year, at.month, at.day, 12, tzinfo=UTC)):
             res = CliRunner().invoke(cli, full, catch_exceptions=True)
@@ -149,7 +155,7 @@ class Run:
 
     def state(self) -> tuple[Any, ...]:
         """What a failed command must leave as it was: the log head and outcome records."""
-        if not (self.ws / "evalkit.db").exists():
+        if self.pg_url is None and not (self.ws / "evalkit.db").exists():
             return ()
         store = Store.open(self.store_url)
         try:
@@ -914,13 +920,36 @@ def seeded_secrets(seed: int):
 
 
 def run_pilot(seed: int, folder: Path) -> Run:
-    """Generate pilot ``seed`` and run it start to finish in ``folder``."""
-    with seeded_secrets(seed):
-        return _run_pilot(seed, folder)
+    """Generate pilot ``seed`` and run it start to finish in ``folder``: every fifth on
+    PostgreSQL (in a schema of its own) when EVALKIT_TEST_PG_URL is set, else on SQLite."""
+    with seeded_secrets(seed), postgresql_schema(seed) as pg_url:
+        return _run_pilot(seed, folder, pg_url)
 
 
-def _run_pilot(seed: int, folder: Path) -> Run:
+@contextlib.contextmanager
+def postgresql_schema(seed: int) -> Iterator[str | None]:
+    if not PG_URL or seed % 5:
+        yield None
+        return
+    from sqlalchemy import create_engine, text
+
+    from evalkit.store import normalise_url
+
+    schema = f"anypilot_{seed}_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(normalise_url(PG_URL))
+    try:
+        with admin.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        yield _pg_schema_url(schema)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def _run_pilot(seed: int, folder: Path, pg_url: str | None) -> Run:
     r = Run(seed, folder, random.Random(seed))
+    r.pg_url = pg_url
     make_protocol(r)
     make_people(r)
     make_rates(r)
@@ -1054,6 +1083,7 @@ def next_iteration(r: Run, day: date) -> None:
     (r2.folder / "ws").symlink_to(r.ws)
     r2.name, r2.template, r2.protocol, r2.registered = name, r.template, data, day
     r2.typed_ids = r.typed_ids | {x.raw_id for x in r.people}
+    r2.pg_url = r.pg_url
     make_people(r2)
     make_rates(r2)
     r2.cli("register", name, at=day)
