@@ -19,7 +19,7 @@ from typing import Any
 
 from evalkit.allocation import RowProblem, pseudonymiser
 from evalkit.baseline import check_range
-from evalkit.dates import entry_on, stored_on
+from evalkit.dates import entry_on, parse_iso, stored_on
 from evalkit.enrolment import Pilot, read_table
 from evalkit.errors import BatchRejected, UserError
 from evalkit.ledger import Entry
@@ -33,7 +33,6 @@ FALSE = {"0", "false", "no", "n"}
 _PARTS = {"d": "day", "m": "month", "b": "month", "B": "month", "Y": "year"}
 _TIME = {"H", "M", "S"}  # a time after the date is read and ignored
 _EXAMPLE = datetime(2026, 11, 24)
-_ISO = re.compile(r"\d{4}-\d{2}-\d{2}")
 _DAY_FIRST = re.compile(r"\d{1,2}([/.-])\d{1,2}\1\d{4}")
 
 
@@ -144,8 +143,7 @@ def _date(v: Any, fmt: str | None = None) -> date:
                 f"is not a date in the form {fmt} (e.g. {_EXAMPLE.strftime(fmt)})"
             ) from None
     try:
-        if _ISO.fullmatch(text):
-            return date.fromisoformat(text)
+        return parse_iso(text)
     except ValueError:
         pass
     message = "is not a date (write YYYY-MM-DD)"
