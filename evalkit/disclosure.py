@@ -411,15 +411,33 @@ def suppress(table: Table, threshold: int) -> dict[str, str]:
     printed even as "fewer than N" but as "not published", which tells a reader nothing
     of its size."""
     unprintable: set[str] = set()
-    while True:
+    for _ in range(len(table.cells) + 1):
         hopeless: list[str] = []
         try:
             return _suppress(table, threshold, unprintable, hopeless)
-        except AssertionError:
-            first = next((n for n in hopeless if n not in unprintable), None)
-            if first is None:
-                raise
-            unprintable.add(first)  # the first count nothing could free; then try again
+        except _Stuck as stuck:
+            # the first count nothing could free, else the one the search stopped at,
+            # else every hidden count tied to it (a tiny pilot where nearly every count
+            # is small): none of them printed even as "fewer than N"
+            first = next((n for n in hopeless if n not in unprintable), stuck.target)
+            if first in unprintable:
+                relations = [*table.identities, *table.limits]
+                tied = next(n for n, _ in _components(stuck.status, relations) if first in n)
+                if set(tied) <= unprintable:
+                    raise AssertionError(f"cannot protect {first}") from None
+                unprintable.update(tied)
+            else:
+                unprintable.add(first)
+    raise AssertionError("secondary suppression did not converge")
+
+
+class _Stuck(Exception):
+    """No shown cell is left that could protect ``target``."""
+
+    def __init__(self, target: str, status: Mapping[str, str]) -> None:
+        super().__init__(f"cannot protect {target}: every related cell is hidden or zero")
+        self.target = target
+        self.status = dict(status)
 
 
 def _suppress(
@@ -515,7 +533,7 @@ def _choose(
                     return list(min(freeing, key=score)), True
                 return list(best), False
             return list(best), True
-    raise AssertionError(f"cannot protect {target}: every related cell is hidden or zero")
+    raise _Stuck(target, status)
 
 
 @dataclass

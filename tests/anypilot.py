@@ -720,7 +720,7 @@ def _text(page: str) -> str:
 
 def _shown_ok(r: Run, what: str, shown: str, exact: int, threshold: int) -> None:
     shown = shown.strip()
-    if shown == "withheld":
+    if shown in ("withheld", "not published"):
         return
     if shown == f"fewer than {threshold}":
         if not 0 < exact < threshold:
@@ -1006,10 +1006,17 @@ def backdated_referral(r: Run) -> None:
     args = ["enrol", r.name, "--unit-id", person.raw_id, "--date", person.day.isoformat()]
     for k, v in person.values.items():
         args += ["--set", f"{k}={v}"]
-    r.refused(*args, at=entered, needle="--backdate")
     why = "paper referral from the launch event"
-    res = r.cli(*args, "--backdate", "--reason", why, "--json", at=entered)
-    person.arm, person.enrolled = json.loads(res.output).get("arm"), True
+    if r.design == "complete":  # a list design: the paper list goes in as a list
+        path = _write_csv(r.folder / "data" / "paper-list.csv", [_row(r, person)])
+        args = ["allocate", r.name, str(path), "--date", person.day.isoformat()]
+        r.refused(*args, at=entered, needle="--backdate")
+        res = r.cli(*args, "--backdate", "--reason", why, "--json", at=entered)
+        person.arm, person.enrolled = json.loads(res.output)["rows"][0].get("arm"), True
+    else:
+        r.refused(*args, at=entered, needle="--backdate")
+        res = r.cli(*args, "--backdate", "--reason", why, "--json", at=entered)
+        person.arm, person.enrolled = json.loads(res.output).get("arm"), True
     r.people.append(person)
     r.backdated = True
 
