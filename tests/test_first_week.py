@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from datetime import date
+from pathlib import Path
 
 import pytest
 
@@ -200,3 +201,127 @@ def test_register_warns_when_the_start_date_has_passed(cli_in):
     cli_in("init", "late-pilot", at=date(2027, 6, 1))
     out = cli_in("register", "late-pilot", at=date(2027, 6, 1)).output
     assert "warning: start_date 2027-04-01 is before today's registration (2027-06-01)" in out
+
+
+# --- found by the any-pilot generator (tests/test_any_pilot.py) ------------------------
+
+
+def test_an_open_spell_that_ends_in_a_later_extract_is_an_update_not_a_correction(run):
+    """DWP's extract shows a job still open; the next one shows when it ended. That is new
+    information, not a correction: the second file used to be refused until imported
+    with --correct --reason."""
+    run("enrol", "kw-pilot", "--unit-id", "QQ1", *SET, "--date", "2027-02-01")
+    header = "nino,spell_start,spell_end,off_benefit,status_date\n"
+    first, later = run.ws / "dwp-1.csv", run.ws / "dwp-2.csv"
+    first.write_text(header + "QQ1,2027-03-01,,,\n")
+    later.write_text(header + "QQ1,2027-03-01,2027-05-20,,\n")
+    run("outcomes", "import", "kw-pilot", str(first), "--source", "DWP", at=date(2027, 4, 1))
+    out = run(
+        "outcomes", "import", "kw-pilot", str(later), "--source", "DWP", at=date(2027, 6, 1)
+    ).output  # fmt: skip
+    assert "1 spells that were open have ended" in out
+    versions = run("export", "kw-pilot", "--what", "outcomes", at=date(2027, 6, 1)).output
+    assert versions.count("2027-03-01") >= 2 and "2027-05-20" in versions
+    changed = run.ws / "dwp-3.csv"  # a different end date is a correction, as before
+    changed.write_text(header + "QQ1,2027-03-01,2027-05-27,,\n")
+    refused = run(
+        "outcomes", "import", "kw-pilot", str(changed), "--source", "DWP", ok=1, at=date(2027, 6, 2)
+    )  # fmt: skip
+    assert "--correct" in refused.output
+
+
+def test_a_valued_primary_outcome_not_yet_estimable_leaves_its_value_unknown(run):
+    """One person's job is known early and the rest are not due: the analysis used to stop
+    with 'no effect given for valued outcome(s): in_work_13wk' (the costs needed it)."""
+    for i in range(3):
+        run("enrol", "kw-pilot", "--unit-id", f"QQ{i}", *SET, "--date", "2027-02-01")
+    dwp = run.ws / "dwp.csv"
+    dwp.write_text(
+        "nino,spell_start,spell_end,off_benefit,status_date\nQQ0,2027-03-01,2027-09-01,,\n"
+    )
+    when = date(2027, 10, 5)
+    run(
+        "outcomes",
+        "import",
+        "kw-pilot",
+        str(dwp),
+        "--source",
+        "DWP",
+        "--as-of",
+        "2027-10-01",
+        at=when,
+    )
+    run("analyse", "kw-pilot", at=when)
+    results = json.loads((run.ws / "analyses" / "kw-pilot" / "results.json").read_text())
+    assert results["primary"]["effect"] is None
+    total = next(r for r in results["costs"]["by_agency"] if r["agency"] == "total")
+    assert total["value_per_participant"] is None and total["cost_per_participant"] > 0
+    assert results["costs"]["value_not_estimable"] == ["in_work_13wk"]
+    run("report", "kw-pilot", at=when)
+    summary = (run.ws / "analyses" / "kw-pilot" / "summary.html").read_text()
+    assert "not known yet: the effect on in_work_13wk could not be estimated" in summary
+
+
+def test_reports_render_when_little_could_be_estimated(tmp_path):
+    """A tiny pilot's results (tests/data/tiny_pilot_results.json, from the generator):
+    no primary effect, no secondary outcome adjusted for multiplicity, no cost per
+    additional outcome, a subgroup whose interaction could not be tested and no attrition
+    yet. The technical report used to stop on each ('dict object' has no attribute
+    'multiplicity', 'per_additional_outcome', 'underpowered'; None attrition)."""
+    from evalkit.report import write_reports
+
+    r = json.loads((Path(__file__).with_name("data") / "tiny_pilot_results.json").read_text())
+    r["primary"]["subgroups"] = [
+        {
+            "subgroup": "benefit",
+            "levels": [],
+            "interaction_p_value": None,
+            "not_estimable": "only one level observed",
+        }
+    ]
+    r["attrition"] = None
+    folder = tmp_path / "analyses" / r["pilot"]["id"]
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps(r))
+    written = write_reports(tmp_path / "analyses", r["pilot"]["id"])
+    technical = (folder / "technical.html").read_text()
+    assert len(written) == 3
+    assert "interaction not estimable (only one level observed)" in technical
+    assert "Attrition: not yet measurable" in technical
+
+
+def test_a_three_arm_pilot_is_refused_by_analyse_with_a_hint(cli_in):
+    cli_in("init", "three", at=REGISTERED)
+    path = cli_in.ws / "protocols" / "three.yaml"
+    text = path.read_text()
+    extra = (
+        "  - name: phone\n    label: Phone coaching\n    description: Weekly calls.\n"
+        "    ratio: 1\n\ndesign:"
+    )
+    path.write_text(text.replace("\ndesign:", "\n" + extra, 1).replace(
+        "block_sizes: [4, 6]", "block_sizes: [3, 6]"
+    ))  # fmt: skip
+    cli_in("register", "three", at=REGISTERED)
+    cli_in("enrol", "three", "--unit-id", "QQ1", *SET, "--date", "2027-02-01", at=LATER)
+    out = cli_in("analyse", "three", ok=1, at=LATER).output
+    assert "a pilot with 3 arms is not built yet" in out
+    assert "hint: export the data" in out and "--arms CONTROL,ARM" in out
+
+
+def test_estimate_on_an_outcome_that_does_not_vary_is_refused_with_a_hint(cli_in, tmp_path):
+    """Everyone analysed had no job: estimate printed an SE of 0 with no p-value (then a
+    TypeError when printed)."""
+    data = tmp_path / "data.csv"
+    data.write_text("arm,y\n" + "usual,0\n" * 4 + "keyworker,0\n" * 4)
+    out = cli_in(
+        "estimate",
+        str(data),
+        "--outcome",
+        "y",
+        "--treatment",
+        "arm",
+        "--arms",
+        "usual,keyworker",
+        ok=1,
+    ).output
+    assert "does not vary within the arms" in out and "hint:" in out
