@@ -137,7 +137,10 @@ def consort(
         )
         arrow(32, 89, 32, 77.5)
         ax.plot([32, 57], [83, 83], color=INK, linewidth=1)
-        rand = f"Randomised\n{randomised} people" + (f" in {places} places" if places else "")
+        people = (
+            randomised if randomised in ("withheld", "not published") else f"{randomised} people"
+        )
+        rand = f"Randomised\n{people}" + (f" in {places} places" if places else "")
         box(32, 73, 40, 8, rand, LIGHT)
         xs = [25, 75] if len(arms) == 2 else [100 * (i + 0.5) / len(arms) for i in range(len(arms))]
         width = min(44, 92 / max(len(arms), 1))
