@@ -125,9 +125,9 @@ def rate(results: Mapping[str, Any], withhold_attrition: bool = False) -> dict[s
         {
             "criterion": "attrition",
             "finding": (
-                "some of the people randomised have no primary outcome (the share is "
-                f"withheld: it would give a count under {threshold} away)"
-                if withhold_attrition
+                "the share of the people randomised with no primary outcome is withheld: "
+                f"it would give a count under {threshold} away"
+                if withhold_attrition and attrition > 0  # 0% gives nothing away
                 else f"{attrition:.0f}% of the people randomised have no primary outcome"
             ),
             "ceiling": _ceiling(attrition, ATTRITION_CEILINGS),

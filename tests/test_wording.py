@@ -321,3 +321,26 @@ def test_no_estimate_means_no_padlocks():
     r["primary"]["effect"] = None
     rating = evidence.rate(r)
     assert rating["padlocks"] == 0 and rating["reasons"][0]["criterion"] == "result"
+
+
+def test_withheld_attrition_is_never_worded_as_some_lost():
+    """Attrition is withheld when a box it rests on is hidden; the rating must not then
+    say that some people have no outcome when nobody was lost (seen in a generated
+    pilot), and a 0% gives no count away, so it is shown."""
+    r = _results(0.12, 0.19, 0.07)
+    r["attrition"]["overall_percent"] = 0.0
+    zero = next(
+        x
+        for x in evidence.rate(r, withhold_attrition=True)["reasons"]
+        if x["criterion"] == "attrition"
+    )
+    assert zero["finding"] == "0% of the people randomised have no primary outcome"
+    r["attrition"]["overall_percent"] = 12.5
+    some = next(
+        x
+        for x in evidence.rate(r, withhold_attrition=True)["reasons"]
+        if x["criterion"] == "attrition"
+    )
+    assert some["finding"].startswith(
+        "the share of the people randomised with no primary outcome is withheld"
+    )
