@@ -64,6 +64,15 @@ def user_date(text: str, where: str) -> date:
         raise UserError(f"{where} {text!r} {exc}", hint) from None
 
 
+def check_not_future(day: date, today: date) -> None:
+    """What has happened happened today or before: an event, a note, a rule recorded."""
+    if day > today:
+        raise UserError(
+            f"the date {day.isoformat()} is in the future (today is {today.isoformat()})",
+            "record what has happened, on the day it happened",
+        )
+
+
 def check_randomisation_date(
     on: date, registered_on: date, today: date, backdate_reason: str | None = None
 ) -> None:

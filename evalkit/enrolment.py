@@ -16,7 +16,13 @@ from typing import Any
 
 from evalkit import allocation as AL
 from evalkit.baseline import Difference, baseline_differences
-from evalkit.dates import check_randomisation_date, date_problems, entry_on, user_date
+from evalkit.dates import (
+    check_not_future,
+    check_randomisation_date,
+    date_problems,
+    entry_on,
+    user_date,
+)
 from evalkit.errors import BatchRejected, UserError
 from evalkit.keys import KeyRing, commitment
 from evalkit.ledger import EVENTS, ChainCheck, Entry, chain, check_chain
@@ -322,12 +328,7 @@ def record_event(
     if kind not in EVENTS:
         raise UserError(f"unknown event {kind!r}", f"use one of {', '.join(EVENTS)}")
     day = user_date(on, "the date")
-    today = date.fromisoformat(now[:10])
-    if day > today:
-        raise UserError(
-            f"the date {day.isoformat()} is in the future (today is {today.isoformat()})",
-            "record what has happened, on the day it happened",
-        )
+    check_not_future(day, date.fromisoformat(now[:10]))
     ctx = pilot.context(now, by)
     with store.log_tx(pilot.protocol.id) as tx:
         unit = None

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from evalkit import allocation as AL
+from evalkit.dates import check_not_future, user_date
 from evalkit.enrolment import Pilot, read_table
 from evalkit.errors import BatchRejected, UserError
 from evalkit.ledger import chain
@@ -452,6 +453,8 @@ def record_selection(
     places are allocated; the same rule and choice again adds nothing.
     Returns (entry number, already recorded, head)."""
     p = pilot.protocol
+    on = user_date(on, "the date").isoformat()
+    check_not_future(date.fromisoformat(on), date.fromisoformat(now[:10]))
     with store.log_tx(p.id) as tx:
         if tx.count(level="place"):
             raise UserError(

@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import re
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,8 @@ HAND = [
     (4, {"id": "C", "a": "3", "b": "20"}),
     (5, {"id": "D", "a": "6", "b": "30"}),
 ]
+
+AFTER = date(2027, 3, 2)  # the day the rule is recorded for has passed
 
 
 def test_z_scores_and_weighted_scores_match_the_hand_computation():
@@ -323,7 +326,7 @@ def test_rank_for_a_pilot_then_allocate_and_verify(cli_in):
     _place_pilot(cli_in, "est-pilot", chosen)
     out = cli_in.tmp / "places.csv"
     cmd = ["places", "rank", str(src), *RULE, "--choose", "16", "--pilot", "est-pilot"]
-    res = cli_in(*cmd, "--out", str(out), "--date", "2027-03-01").output
+    res = cli_in(*cmd, "--out", str(out), "--date", "2027-03-01", at=AFTER).output
     assert "est-pilot: the selection rule recorded as log entry 1 (a note)" in res
     assert "log head: entry 1, sha256 " in res
     with out.open() as fh:
@@ -338,7 +341,7 @@ def test_rank_for_a_pilot_then_allocate_and_verify(cli_in):
     assert sel["pilot"] == "est-pilot" and sel["log_entry"] == 1 and sel["chosen"] == chosen
     assert sel["areas_sha256"] == hashlib.sha256(src.read_bytes()).hexdigest()
     # the same rule again records nothing new
-    again = cli_in(*cmd, "--out", str(out), "--date", "2027-03-01").output
+    again = cli_in(*cmd, "--out", str(out), "--date", "2027-03-01", at=AFTER).output
     assert "the selection rule was already recorded as log entry 1" in again
     # the places file is exactly what allocate takes
     alloc = cli_in("allocate", "est-pilot", str(out)).output
@@ -363,7 +366,6 @@ def test_rank_for_a_pilot_then_allocate_and_verify(cli_in):
 
 
 def test_the_note_holds_the_rule_in_the_tamper_evident_chain(store, key_dir, tmp_path):
-    from evalkit.clock import utc_now
     from evalkit.enrolment import verify
     from evalkit.keys import KeyRing
     from evalkit.places import rank_areas
@@ -380,8 +382,9 @@ def test_the_note_holds_the_rule_in_the_tamper_evident_chain(store, key_dir, tmp
     )  # fmt: skip
     rule = make_rule(",".join(SYN), "0.3,0.3,0.2,0.2", "spend_per_head", 16)
     res = rank_areas(
-        src, rule, "id", None, tmp_path / "p.csv", pilot, store, utc_now(), "t", "2027-03-01"
-    )
+        src, rule, "id", None, tmp_path / "p.csv", pilot, store, f"{AFTER}T09:00:00Z", "t",
+        "2027-03-01",
+    )  # fmt: skip
     (entry,) = store.log_entries("est-store")
     assert entry.kind == "event" and entry.detail["event"] == "note"
     assert entry.detail["selection"] == res.record
